@@ -1,0 +1,275 @@
+"""Plain-PyTorch reference of the 3D-flow ops: the executable form of DESIGN.md's flow section.
+
+Inputs here are already validated (see ``fgp_fast.ops``). Every fused backend is tested against
+these functions. They run on any device and in float32/float64.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..camera import Camera
+from .geometry import face_normals, point_triangle_dist2, projection_barycentric
+
+Z_MIN = 1e-6  # triangles with a vertex at or behind this camera depth are not rasterised
+
+
+class Raster(NamedTuple):
+    depth: Tensor     # (B, H, W) camera z of the nearest hit, 0 off-mesh
+    face_id: Tensor   # (B, H, W) int64, -1 off-mesh
+    bary: Tensor      # (B, H, W, 3) perspective-correct barycentrics, 0 off-mesh
+    mask: Tensor      # (B, H, W) bool
+
+
+class SurfaceField(NamedTuple):
+    p_src: Tensor     # (B, P, 3) the points carried onto the source mesh
+    face_id: Tensor   # (B, P) int64 nearest target triangle
+    bary: Tensor      # (B, P, 3) barycentrics of the projection onto that triangle's plane
+    offset: Tensor    # (B, P) signed distance along the target face normal
+
+
+# ---------------------------------------------------------------------------------------------
+# rasterisation
+
+
+def rasterize(verts: Tensor, faces: Tensor, camera: Camera) -> Raster:
+    """Z-buffer rasterisation: nearest hit per pixel centre; both sides of every triangle.
+
+    A pixel centre on an edge counts as inside; equal depths go to the lowest face index.
+    """
+    B, H, W = verts.shape[0], camera.height, camera.width
+    dt, dev = verts.dtype, verts.device
+    K, _ = camera.to(dtype=dt).expand(B)
+    vc = camera.to(dtype=dt).world_to_camera(verts)
+    faces = faces.long()
+    F = faces.shape[0]
+    tri = vc[:, faces]                                   # (B, F, 3, 3) camera frame
+    z = tri[..., 2]
+    proj = tri @ K.transpose(1, 2)[:, None]
+    uv = proj[..., :2] / torch.where(z > Z_MIN, z, torch.ones_like(z))[..., None]
+
+    # Candidate pixel ranges: pixel x is covered when its centre x + 0.5 lies in [min u, max u].
+    lo = torch.ceil(uv.amin(2) - 0.5).clamp(min=0)
+    hi = torch.floor(uv.amax(2) - 0.5)
+    hi = torch.minimum(hi, torch.tensor([W - 1, H - 1], dtype=dt, device=dev))
+    ext = hi - lo + 1                                     # (B, F, 2) pixels per axis
+    keep = (z > Z_MIN).all(-1) & (ext > 0).all(-1)
+    b_idx, f_idx = keep.nonzero(as_tuple=True)
+    if b_idx.numel() == 0:
+        return _empty_raster(B, H, W, dt, dev)
+    lo = lo[b_idx, f_idx].long()
+    ext = ext[b_idx, f_idx].long()
+    uv_t, z_t = uv[b_idx, f_idx], z[b_idx, f_idx]       # (T, 3, 2), (T, 3)
+
+    # Bucket triangles by bounding-box size so each bucket enumerates a fixed S x S pixel grid.
+    size = ext.amax(-1)
+    bucket = torch.ceil(torch.log2(size.to(torch.float64))).long()
+    cands = []
+    for k in torch.unique(bucket).tolist():
+        sel = (bucket == k).nonzero(as_tuple=True)[0]
+        S = 1 << k
+        per_chunk = max(1, (1 << 22) // (S * S))
+        for start in range(0, sel.numel(), per_chunk):
+            cands.append(_cover(sel[start:start + per_chunk], S, lo, ext, uv_t, z_t, b_idx, f_idx, H, W))
+    pix = torch.cat([c[0] for c in cands])
+    depth = torch.cat([c[1] for c in cands])
+    face = torch.cat([c[2] for c in cands])
+    bary = torch.cat([c[3] for c in cands])
+
+    n_pix = B * H * W
+    zbuf = torch.full((n_pix,), float("inf"), dtype=dt, device=dev).scatter_reduce(
+        0, pix, depth, "amin")
+    front = depth == zbuf[pix]
+    pix, face, bary, depth = pix[front], face[front], bary[front], depth[front]
+    fbuf = torch.full((n_pix,), F, dtype=torch.long, device=dev).scatter_reduce(0, pix, face, "amin")
+    win = face == fbuf[pix]
+    pix, face, bary, depth = pix[win], face[win], bary[win], depth[win]
+
+    out_depth = torch.zeros(n_pix, dtype=dt, device=dev).index_put_((pix,), depth)
+    out_face = torch.full((n_pix,), -1, dtype=torch.long, device=dev).index_put_((pix,), face)
+    out_bary = torch.zeros(n_pix, 3, dtype=dt, device=dev).index_put_((pix,), bary)
+    return Raster(out_depth.view(B, H, W), out_face.view(B, H, W), out_bary.view(B, H, W, 3),
+                  (out_face >= 0).view(B, H, W))
+
+
+def _cover(sel, S, lo, ext, uv_t, z_t, b_idx, f_idx, H, W):
+    """Pixels of an S x S grid per triangle whose centres the triangle covers."""
+    dt, dev = uv_t.dtype, uv_t.device
+    oy, ox = torch.meshgrid(torch.arange(S, device=dev), torch.arange(S, device=dev), indexing="ij")
+    ox, oy = ox.reshape(1, -1), oy.reshape(1, -1)
+    inside_box = (ox < ext[sel, 0:1]) & (oy < ext[sel, 1:2])
+    px = lo[sel, 0:1] + ox
+    py = lo[sel, 1:2] + oy
+    t, j = inside_box.nonzero(as_tuple=True)
+    tri = sel[t]
+    px, py = px[t, j], py[t, j]
+    cx, cy = px.to(dt) + 0.5, py.to(dt) + 0.5
+    q = uv_t[tri]                                         # (C, 3, 2)
+    # Edge functions give screen-space barycentrics; the sign of the area makes both sides count.
+    e0 = (q[:, 2, 0] - q[:, 1, 0]) * (cy - q[:, 1, 1]) - (q[:, 2, 1] - q[:, 1, 1]) * (cx - q[:, 1, 0])
+    e1 = (q[:, 0, 0] - q[:, 2, 0]) * (cy - q[:, 2, 1]) - (q[:, 0, 1] - q[:, 2, 1]) * (cx - q[:, 2, 0])
+    e2 = (q[:, 1, 0] - q[:, 0, 0]) * (cy - q[:, 0, 1]) - (q[:, 1, 1] - q[:, 0, 1]) * (cx - q[:, 0, 0])
+    area = e0 + e1 + e2
+    lam = torch.stack([e0, e1, e2], -1) / torch.where(area == 0, torch.ones_like(area), area)[:, None]
+    inside = (area != 0) & (lam >= 0).all(-1)
+    tri, px, py, lam = tri[inside], px[inside], py[inside], lam[inside]
+    # Perspective-correct: screen barycentrics weight 1/z.
+    w = lam / z_t[tri]
+    inv_depth = w.sum(-1)
+    bary = w / inv_depth[:, None]
+    pix = (b_idx[tri] * H + py) * W + px
+    return pix, 1.0 / inv_depth, f_idx[tri], bary
+
+
+def _empty_raster(B, H, W, dt, dev) -> Raster:
+    return Raster(torch.zeros(B, H, W, dtype=dt, device=dev),
+                  torch.full((B, H, W), -1, dtype=torch.long, device=dev),
+                  torch.zeros(B, H, W, 3, dtype=dt, device=dev),
+                  torch.zeros(B, H, W, dtype=torch.bool, device=dev))
+
+
+# ---------------------------------------------------------------------------------------------
+# nearest triangle and the surface field
+
+CLUSTER = 16          # triangles per cluster of the culling hierarchy
+QUERY_CHUNK = 4096    # points per culling step
+PAIR_CHUNK = 8192     # (point, cluster) pairs evaluated at once
+UPPER_BOUND_CLUSTERS = 8  # clusters searched first to get a tight distance bound
+
+
+def _morton_order(centroids: Tensor) -> Tensor:
+    """Face order along a 3D Morton curve, so consecutive faces are spatially close."""
+    lo, hi = centroids.amin(0), centroids.amax(0)
+    q = ((centroids - lo) / (hi - lo).clamp(min=1e-12) * 1023).long().clamp(0, 1023)
+    code = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    for bit in range(10):
+        for axis in range(3):
+            code |= ((q[:, axis] >> bit) & 1) << (3 * bit + axis)
+    return torch.argsort(code, stable=True)
+
+
+def nearest_faces(points: Tensor, tri: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact nearest triangle for each point: (face index (P,), squared distance (P,)).
+
+    Ties go to the lowest face index. Faces are grouped into spatial clusters whose boxes give
+    distance lower bounds; a cluster is searched only if its bound can beat the best distance
+    found so far, so the answer equals a brute-force search.
+    """
+    F, dev = tri.shape[0], tri.device
+    order = _morton_order(tri.mean(1))
+    pad = (-F) % CLUSTER
+    order = torch.cat([order, order[-1:].expand(pad)])   # repeats do not change the minimum
+    cl_faces = order.view(-1, CLUSTER)                   # (nc, C)
+    cl_tri = tri[cl_faces]                               # (nc, C, 3, 3)
+    box_lo, box_hi = cl_tri.amin((1, 2)), cl_tri.amax((1, 2))
+    out_face = torch.empty(points.shape[0], dtype=torch.long, device=dev)
+    out_d2 = torch.empty(points.shape[0], dtype=tri.dtype, device=dev)
+    for s in range(0, points.shape[0], QUERY_CHUNK):
+        p = points[s:s + QUERY_CHUNK]
+        gap = (box_lo[None] - p[:, None]).clamp(min=0) + (p[:, None] - box_hi[None]).clamp(min=0)
+        lower = (gap ** 2).sum(-1)                       # (Q, nc)
+        # Upper bound: exact distance to the few clusters with the smallest lower bounds.
+        k = min(UPPER_BOUND_CLUSTERS, lower.shape[1])
+        first = lower.topk(k, dim=1, largest=False).indices.reshape(-1)
+        p_rep = p[:, None].expand(-1, k, -1).reshape(-1, 3)
+        upper = _cluster_min(p_rep, cl_tri[first], cl_faces[first])[0].view(-1, k).amin(1)
+        # Small relative slack keeps rounding in the bounds from dropping the true nearest cluster.
+        qi, ci = (lower <= upper[:, None] * (1 + 1e-4) + 1e-12).nonzero(as_tuple=True)
+        best_d2 = torch.full((p.shape[0],), float("inf"), dtype=tri.dtype, device=dev)
+        pair_d2, pair_face = [], []
+        for k in range(0, qi.numel(), PAIR_CHUNK):
+            q_k, c_k = qi[k:k + PAIR_CHUNK], ci[k:k + PAIR_CHUNK]
+            d2, face = _cluster_min(p[q_k], cl_tri[c_k], cl_faces[c_k])
+            pair_d2.append(d2)
+            pair_face.append(face)
+        d2, face = torch.cat(pair_d2), torch.cat(pair_face)
+        best_d2.scatter_reduce_(0, qi, d2, "amin")
+        tie = d2 == best_d2[qi]
+        best_face = torch.full((p.shape[0],), F, dtype=torch.long, device=dev)
+        best_face.scatter_reduce_(0, qi[tie], face[tie], "amin")
+        out_face[s:s + QUERY_CHUNK] = best_face
+        out_d2[s:s + QUERY_CHUNK] = best_d2
+    return out_face, out_d2
+
+
+def _cluster_min(p: Tensor, tri: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
+    """Min squared distance from p (Q, 3) to each row's C triangles (Q, C, 3, 3), lowest face on ties."""
+    d2 = point_triangle_dist2(p[:, None], tri[:, :, 0], tri[:, :, 1], tri[:, :, 2])   # (Q, C)
+    best = d2.amin(1)
+    big = torch.iinfo(torch.long).max
+    face = torch.where(d2 == best[:, None], faces, torch.full_like(faces, big)).amin(1)
+    return best, face
+
+
+def nearest_faces_brute_force(points: Tensor, tri: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
+    """The same answer as ``nearest_faces`` by testing every triangle (for tests; slow)."""
+    faces_idx = torch.arange(tri.shape[0], device=tri.device)
+    out = [_cluster_min(points[s:s + chunk], tri[None].expand(points[s:s + chunk].shape[0], -1, -1, -1),
+                        faces_idx[None].expand(points[s:s + chunk].shape[0], -1))
+           for s in range(0, points.shape[0], chunk)]
+    return torch.cat([o[1] for o in out]), torch.cat([o[0] for o in out])
+
+
+def surface_field(points: Tensor, verts_tgt: Tensor, verts_src: Tensor, faces: Tensor) -> SurfaceField:
+    """GNARF surface field: carry world points near M_tgt onto M_src through the nearest triangle."""
+    faces = faces.long()
+    tri_t = verts_tgt[:, faces]                          # (B, F, 3, 3)
+    tri_s = verts_src[:, faces]
+    p_src, face_id, bary, offset = [], [], [], []
+    for b in range(points.shape[0]):
+        face, _ = nearest_faces(points[b], tri_t[b])
+        tt, ts = tri_t[b, face], tri_s[b, face]          # (P, 3, 3)
+        w = projection_barycentric(points[b], tt)
+        n_t, n_s = face_normals(tt), face_normals(ts)
+        on_plane_t = (w[:, :, None] * tt).sum(1)
+        h = ((points[b] - on_plane_t) * n_t).sum(-1)
+        p_src.append((w[:, :, None] * ts).sum(1) + h[:, None] * n_s)
+        face_id.append(face)
+        bary.append(w)
+        offset.append(h)
+    return SurfaceField(torch.stack(p_src), torch.stack(face_id), torch.stack(bary), torch.stack(offset))
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused op, composed
+
+
+def sample_depths(raster: Raster, near: Tensor, far: Tensor, n_samples: int, delta: float,
+                  sampling: str) -> Tensor:
+    """Per-pixel sample depths (B, N, H, W): around the surface on the head, [near, far] elsewhere."""
+    dt, dev = raster.depth.dtype, raster.depth.device
+    if n_samples == 1:
+        s = torch.full((1,), 0.5, dtype=dt, device=dev)
+    else:
+        s = torch.arange(n_samples, dtype=dt, device=dev) / (n_samples - 1)
+    s = s.view(1, -1, 1, 1)
+    uniform = near.view(-1, 1, 1, 1) + (far - near).view(-1, 1, 1, 1) * s
+    if sampling == "uniform":
+        return uniform.expand(-1, -1, *raster.depth.shape[1:]).contiguous()
+    around = raster.depth[:, None] - delta + 2 * delta * s
+    return torch.where(raster.mask[:, None], around, uniform)
+
+
+def flow_encode(verts_tgt: Tensor, verts_src: Tensor, faces: Tensor, camera: Camera, n_samples: int,
+                delta: float, near: Tensor, far: Tensor, sampling: str, return_aux: bool,
+                dtype: torch.dtype | None):
+    """The 3D flow map (B, 3N, H, W): F[b, 3n+c, y, x] = (R_w2c (p_src - p_n))[c]."""
+    B, H, W, N = verts_tgt.shape[0], camera.height, camera.width, n_samples
+    cam = camera.to(dtype=verts_tgt.dtype)
+    raster = rasterize(verts_tgt, faces, cam)
+    depths = sample_depths(raster, near, far, N, delta, sampling)        # (B, N, H, W)
+    points_cam = depths[..., None] * cam.pixel_rays(B)[:, None]          # (B, N, H, W, 3)
+    points = cam.camera_to_world(points_cam)
+    field = surface_field(points.reshape(B, -1, 3), verts_tgt, verts_src, faces)
+    _, w2c = cam.expand(B)
+    flow_cam = (field.p_src - points.reshape(B, -1, 3)) @ w2c[:, :3, :3].transpose(1, 2)
+    flow = flow_cam.view(B, N, H, W, 3).permute(0, 1, 4, 2, 3).reshape(B, 3 * N, H, W)
+    flow = flow.to(dtype or verts_tgt.dtype)
+    if not return_aux:
+        return flow
+    aux = {"depth": raster.depth, "face_id": raster.face_id, "mask": raster.mask, "bary": raster.bary,
+           "points": points, "p_src": field.p_src.view(B, N, H, W, 3),
+           "sample_face_id": field.face_id.view(B, N, H, W), "offset": field.offset.view(B, N, H, W)}
+    return flow, aux

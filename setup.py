@@ -1,0 +1,55 @@
+"""Build hook for the native core (csrc/).
+
+Metadata lives in pyproject.toml. This file only adds the torch extension when csrc/ holds
+sources: the CPU extension always, the CUDA one when CUDA is available or FGP_BUILD_CUDA=1
+(FGP_BUILD_CUDA=0 turns it off, FGP_BUILD_NATIVE=0 skips native code entirely).
+"""
+import glob
+import os
+
+from setuptools import setup
+
+
+def _native_extensions():
+    if os.environ.get("FGP_BUILD_NATIVE", "1") == "0":
+        return [], {}
+    cpu_sources = sorted(glob.glob("csrc/cpu/*.cpp"))
+    if not cpu_sources:
+        return [], {}
+    from torch.utils import cpp_extension
+
+    include = [os.path.abspath("csrc")]
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    exts = [
+        cpp_extension.CppExtension(
+            "fgp_fast._C", cpu_sources, include_dirs=include,
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"],
+        )
+    ]
+    want_cuda = os.environ.get("FGP_BUILD_CUDA")
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    if cuda_sources and (want_cuda == "1" or (want_cuda is None and cpp_extension.CUDA_HOME
+                                                and _torch_has_cuda())):
+        exts.append(
+            cpp_extension.CUDAExtension(
+                "fgp_fast._C_cuda", cuda_sources + sorted(glob.glob("csrc/cuda/*.cpp")),
+                include_dirs=include,
+                extra_compile_args={
+                    "cxx": ["-O3", "-std=c++17"],
+                    "nvcc": ["-O3", "-std=c++17", "-lineinfo",
+                             "-gencode=arch=compute_80,code=sm_80",
+                             "-gencode=arch=compute_90,code=sm_90"],
+                },
+            )
+        )
+    return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=False)}
+
+
+def _torch_has_cuda():
+    import torch
+
+    return torch.version.cuda is not None
+
+
+ext_modules, cmdclass = _native_extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
