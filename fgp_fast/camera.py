@@ -56,7 +56,7 @@ class Camera:
 
     @classmethod
     def frame_head(cls, verts: Tensor, height: int = 512, width: int | None = None,
-                   fov_y_deg: float = 18.0, fill: float = 0.62, centre_y: float = 0.52) -> "Camera":
+                   fov_y_deg: float = 18.0, fill: float = 0.9, centre_y: float = 0.5) -> "Camera":
         """Frame a head the way a portrait photo is: frontal, head and neck ~``fill`` of the height.
 
         ``verts`` (V, 3) are in head-model space (metres, y up, z toward the viewer). The camera
