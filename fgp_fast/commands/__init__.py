@@ -1,0 +1,1 @@
+"""Subcommands of the ``fgp`` CLI, one module each."""
