@@ -71,13 +71,21 @@ class Camera:
         v = verts.detach()
         lo, hi = v.amin(0), v.amax(0)
         centre = (lo + hi) / 2
-        extent_y = float(hi[1] - lo[1])
-        half_fov = math.radians(fov_y_deg) / 2
-        dist = extent_y / (2 * fill * math.tan(half_fov)) + float(hi[2] - centre[2])
-        # Shift the camera so the box centre lands ``centre_y`` of the way down the image.
-        shift = (centre_y - 0.5) * 2 * math.tan(half_fov) * (dist - float(hi[2] - centre[2]))
-        eye = torch.stack([centre[0], centre[1] + shift, hi[2] + dist - float(hi[2] - centre[2])])
+        tan_half = math.tan(math.radians(fov_y_deg) / 2)
         R = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=v.dtype, device=v.device))
+        # Start from the bounding box, then correct for perspective from the projected extent.
+        eye = centre.clone()
+        eye[2] = hi[2] + float(hi[1] - lo[1]) / (2 * fill * tan_half)
+        for _ in range(4):
+            pc = (v - eye) @ R.T                             # camera frame
+            y_n = pc[:, 1] / pc[:, 2] / tan_half             # [-1, 1] over the image height
+            x_n = pc[:, 0] / pc[:, 2] / tan_half
+            dist = abs(float(centre[2] - eye[2]))
+            scale = float(y_n.max() - y_n.min()) / (2 * fill)
+            eye[2] = centre[2] + dist * scale
+            # Centre horizontally; put the vertical middle ``centre_y`` of the way down.
+            eye[0] = eye[0] + float(x_n.max() + x_n.min()) / 2 * tan_half * dist
+            eye[1] = eye[1] - (float(y_n.max() + y_n.min()) / 2 - (2 * centre_y - 1)) * tan_half * dist
         w2c = torch.eye(4, dtype=v.dtype, device=v.device)
         w2c[:3, :3] = R
         w2c[:3, 3] = -R @ eye
