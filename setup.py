@@ -19,7 +19,7 @@ def _native_extensions():
     from torch.utils import cpp_extension
 
     include = [os.path.abspath("csrc")]
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"]
     exts = [
         cpp_extension.CppExtension(
             "fgp_fast._C", cpu_sources, include_dirs=include,
@@ -35,8 +35,8 @@ def _native_extensions():
                 "fgp_fast._C_cuda", cuda_sources + sorted(glob.glob("csrc/cuda/*.cpp")),
                 include_dirs=include,
                 extra_compile_args={
-                    "cxx": ["-O3", "-std=c++17"],
-                    "nvcc": ["-O3", "-std=c++17", "-lineinfo",
+                    "cxx": ["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"],
+                    "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-fmad=false",
                              "-gencode=arch=compute_80,code=sm_80",
                              "-gencode=arch=compute_90,code=sm_90"],
                 },
