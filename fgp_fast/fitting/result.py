@@ -1,0 +1,80 @@
+"""`FitResult`: fitted head parameters of a sequence (one source image is a sequence of one)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..camera import Camera
+from ..heads import HeadModel, HeadParams, axis_angle_to_matrix, matrix_to_euler
+
+__all__ = ["FitResult", "camera_for", "NECK"]
+
+NECK = slice(3, 6)  # the fitted head rotation drives the neck joint, so shoulders stay put
+# Camera at the origin looking down -z of head space: OpenCV frame = (x, -y, -z).
+_FLIP = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+
+
+def camera_for(focal: float, height: int, width: int) -> Camera:
+    K = torch.tensor([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
+    return Camera(K, _FLIP.clone(), height, width)
+
+
+@dataclass
+class FitResult:
+    """Per-frame head rotation (neck axis-angle), expression and translation, shared identity and camera.
+
+    ``tracked[t]`` is False for frames without a face (their parameters are filled by
+    :func:`fill_gaps`); ``error_px`` is the mean landmark reprojection error per frame.
+    """
+
+    shape: np.ndarray        # (S,)
+    expression: np.ndarray   # (T, E) in [0, 1]
+    rotation: np.ndarray     # (T, 3) axis-angle of the head (neck joint)
+    translation: np.ndarray  # (T, 3) metres
+    focal: float             # pixels
+    height: int
+    width: int
+    tracked: np.ndarray      # (T,) bool
+    error_px: np.ndarray     # (T,) float, NaN where not tracked
+
+    def __len__(self) -> int:
+        return len(self.expression)
+
+    def camera(self) -> Camera:
+        return camera_for(self.focal, self.height, self.width)
+
+    def head_params(self, head: HeadModel, frames=slice(None)) -> HeadParams:
+        """HeadParams (float32) of the selected frames for ``head``."""
+        expr = torch.from_numpy(np.ascontiguousarray(self.expression[frames], np.float32))
+        T = expr.shape[0]
+        pose = torch.zeros(T, 3 * head.n_joints)
+        pose[:, NECK] = torch.from_numpy(np.asarray(self.rotation[frames], np.float32))
+        shape = torch.from_numpy(np.asarray(self.shape, np.float32))[None].expand(T, -1).contiguous()
+        trans = torch.from_numpy(np.asarray(self.translation[frames], np.float32))
+        return HeadParams(shape, expr, pose, trans, head.expression_names)
+
+    def euler(self) -> np.ndarray:
+        """(T, 3) head yaw, pitch, roll in degrees."""
+        R = axis_angle_to_matrix(torch.from_numpy(np.asarray(self.rotation, np.float64)))
+        return torch.stack(matrix_to_euler(R), -1).numpy()
+
+    def replace(self, **fields) -> FitResult:
+        return dataclasses.replace(self, **fields)
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(tmp, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FitResult:
+        with np.load(path) as z:
+            d = {f.name: z[f.name] for f in dataclasses.fields(cls)}
+        d["focal"], d["height"], d["width"] = float(d["focal"]), int(d["height"]), int(d["width"])
+        return cls(**d)

@@ -1,0 +1,89 @@
+"""MediaPipe FaceMesh (478 points with irises) in pixel coordinates, largest face first.
+
+Needs ``mediapipe==0.10.21`` (the last wheel that ships its face models, so it works offline),
+installed lean: ``pip install -r requirements-mediapipe.txt && pip install --no-deps mediapipe==0.10.21``.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["FaceLandmarker", "MediaPipeMissingError", "NoFaceError", "N_LANDMARKS", "detect_image"]
+
+N_LANDMARKS = 478
+INSTALL_HINT = ("pip install -r requirements-mediapipe.txt && "
+                "pip install --no-deps mediapipe==0.10.21  (x86-64, Python < 3.13)")
+
+
+class MediaPipeMissingError(ImportError):
+    """mediapipe is not installed (or not importable here)."""
+
+
+class NoFaceError(ValueError):
+    """No face (or not the requested one) was found in an image."""
+
+
+def _face_mesh_module():
+    try:
+        from mediapipe.python.solutions import face_mesh
+    except ImportError as exc:
+        raise MediaPipeMissingError(f"face landmarks need MediaPipe, which is not importable ({exc}); "
+                                    f"install it with: {INSTALL_HINT}") from None
+    return face_mesh
+
+
+class FaceLandmarker:
+    """478 FaceMesh landmarks per image as (478, 2) pixel coordinates (pixel centres at +0.5).
+
+    ``video=True`` tracks across consecutive frames (faster, steadier); ``False`` treats every
+    image on its own. Faces are ordered by bounding-box area, largest first; ``face_index`` picks
+    one in that order.
+    """
+
+    def __init__(self, video: bool = False, max_faces: int = 4, min_confidence: float = 0.5):
+        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging is noisy
+        self._mesh = _face_mesh_module().FaceMesh(
+            static_image_mode=not video, max_num_faces=max_faces, refine_landmarks=True,
+            min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
+
+    def faces(self, image: np.ndarray) -> list[np.ndarray]:
+        """Every face in an (H, W, 3) uint8 RGB image, largest first, each (478, 2) float32 pixels."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+        H, W = image.shape[:2]
+        result = self._mesh.process(np.ascontiguousarray(image))
+        out = []
+        for face in result.multi_face_landmarks or ():
+            xy = np.array([(p.x, p.y) for p in face.landmark], dtype=np.float32) * np.float32([W, H])
+            if len(xy) == N_LANDMARKS:
+                out.append(xy)
+        return sorted(out, key=lambda p: -float(np.prod(p.max(0) - p.min(0))))
+
+    def face(self, image: np.ndarray, face_index: int = 0) -> np.ndarray | None:
+        """The ``face_index``-th largest face, or None when there are not that many."""
+        found = self.faces(image)
+        return found[face_index] if face_index < len(found) else None
+
+    def close(self) -> None:
+        self._mesh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def detect_image(image: np.ndarray, name: str, face_index: int = 0) -> np.ndarray:
+    """Landmarks of one still image; ``name`` (its file) is quoted in the error when no face is found."""
+    if face_index < 0:
+        raise ValueError(f"face index must be >= 0, got {face_index}")
+    with FaceLandmarker(video=False) as lm:
+        found = lm.faces(image)
+    if not found:
+        raise NoFaceError(f"no face found in {name}")
+    if face_index >= len(found):
+        raise NoFaceError(f"{name} has {len(found)} face(s); face index {face_index} does not exist "
+                          f"(faces are numbered from 0, largest first)")
+    return found[face_index]
