@@ -209,6 +209,30 @@ def bench_cuda(name, vs, vt, faces, size, n, repeat, rows, brute_points=1 << 15)
           f"(min {min(times):.3f}), {P / med / 1e3:.0f} Mq/s")
     rows.append({"mesh": name, "method": "cuda fused encode fp16", "ms_per_frame": med, "mqueries_per_s": P / med / 1e3,
                  "device": torch.cuda.get_device_name()})
+    # The Triton backend beside it: same poses, fp16 output, CUDA events, median after warm-up.
+    from fgp_fast import kernels
+    why = kernels.unavailable_reason(dev)
+    if why is None:
+        t_out = torch.empty_like(out)
+        for k in range(10):   # the first call autotunes (~13 configs compile)
+            kernels.flow_encode(poses[k % 5], vs_d[None], f_d, cam, n_samples=n, out=t_out)
+        torch.cuda.synchronize()
+        t_times = []
+        for k in range(repeat):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            kernels.flow_encode(poses[k % 5], vs_d[None], f_d, cam, n_samples=n, out=t_out)
+            e.record()
+            e.synchronize()
+            t_times.append(s.elapsed_time(e))
+        t_med = statistics.median(t_times)
+        print(f"   triton fused encode (raster + encode): median {t_med:.3f} ms (min {min(t_times):.3f}), "
+              f"{t_med / med:.2f}x the cuda time; autotuned {kernels.last_config()}")
+        rows.append({"mesh": name, "method": "triton fused encode fp16", "ms_per_frame": t_med,
+                     "mqueries_per_s": P / t_med / 1e3, "device": torch.cuda.get_device_name(),
+                     "autotuned": kernels.last_config()})
+    else:
+        print(f"   triton backend not timed: {why}")
     # Brute force: all triangles per query, chunked, on a slice; scaled to the frame.
     pts = sample_points(vt, vs, faces, cam.to(device="cpu"), n)[0][:brute_points].to(dev)
     tri = vt_d[f_d]

@@ -32,6 +32,11 @@ python -c "from fgp_fast.ops import native; print('cuda backend:', native.cuda_u
 step pytest_cuda 150 python -m pytest -q -x tests/test_native_cuda.py -p no:cacheprovider
 step pytest_cpu 150 python -m pytest -q tests/test_native_cpu.py -p no:cacheprovider -k "not ict and not warp"
 
+# Triton backend: kernels/ is fgp_fast.kernels only when installed; link it for the in-place tree.
+[ -e fgp_fast/kernels ] || ln -s ../kernels fgp_fast/kernels
+python -c "import triton; print('triton', triton.__version__)" | tee -a "$LOG/summary.txt"
+step pytest_triton 150 env FGP_TRITON_TEST_DEVICE=cuda python -m pytest -q -x tests/test_triton.py -p no:cacheprovider
+
 # compute-sanitizer memcheck on a small case (every kernel: refit, raster, resolve, field, flow).
 cat > "$LOG/memcheck_case.py" <<'PY'
 import torch

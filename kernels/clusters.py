@@ -1,0 +1,88 @@
+"""The two-level hierarchy of the Triton encoder, in plain torch: Morton-ordered triangle clusters.
+
+Built once per topology (the face order along a 3D Morton curve of the build pose's centroids,
+cut into clusters of ``C`` consecutive faces) and refit every frame (the cluster triangles gathered
+into a structure-of-arrays layout the kernels load as C-wide vectors, plus each cluster's AABB and
+one point on its first triangle, which gives a cheap distance upper bound). Correctness never
+depends on the order, only culling quality does: a cluster is skipped only when its box's lower
+bound cannot reach a sample's best distance.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+CLUSTER = 32   # triangles per cluster (the width of the dense point x triangle test)
+_CACHE_SIZE = 4
+
+
+def morton_order(centroids: Tensor) -> Tensor:
+    """Face order along a 3D Morton curve (10 bits per axis), stable on equal codes."""
+    lo, hi = centroids.amin(0), centroids.amax(0)
+    q = ((centroids - lo) / (hi - lo).clamp(min=1e-12) * 1023).long().clamp(0, 1023)
+    code = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    for bit in range(10):
+        for axis in range(3):
+            code |= ((q[:, axis] >> bit) & 1) << (3 * bit + axis)
+    return torch.argsort(code, stable=True)
+
+
+@dataclass
+class ClusterTopology:
+    """Per-topology part: which faces form each cluster (padded by repeating the last face)."""
+    faces: Tensor        # (F, 3) int32, contiguous
+    cluster_faces: Tensor  # (NC, C) int32 original face indices
+    size: int
+
+    @property
+    def num_clusters(self) -> int:
+        return self.cluster_faces.shape[0]
+
+
+@dataclass
+class ClusterFrame:
+    """Per-frame part (refit): triangle coordinates and bounds, float32, in the verts' frame."""
+    tri: Tensor          # (B, NC, 9, C): rows v0x v0y v0z v1x ... v2z, C faces wide
+    meta: Tensor         # (B, NC, 9): box lo xyz, box hi xyz, a point on the cluster's first triangle
+
+
+def build(faces: Tensor, verts: Tensor, size: int = CLUSTER) -> ClusterTopology:
+    """Cluster the faces of one topology; ``verts`` (V, 3) is the build pose (any pose works)."""
+    faces32 = faces.to(torch.int32).contiguous()
+    F = faces.shape[0]
+    order = morton_order(verts[faces.long()].mean(1).float())
+    pad = (-F) % size
+    order = torch.cat([order, order[-1:].expand(pad)])   # repeats do not change any minimum
+    return ClusterTopology(faces32, order.view(-1, size).to(torch.int32).contiguous(), size)
+
+
+def refit(topo: ClusterTopology, verts: Tensor) -> ClusterFrame:
+    """Gather each cluster's triangles of ``verts`` (B, V, 3) and bound them."""
+    v = verts.to(torch.float32)
+    B = v.shape[0]
+    tri = v[:, topo.faces.long()[topo.cluster_faces.long()]]     # (B, NC, C, 3, 3)
+    lo = tri.amin((2, 3))
+    hi = tri.amax((2, 3))
+    rep = tri[:, :, 0, 0]
+    tri_soa = tri.reshape(B, topo.num_clusters, topo.size, 9).transpose(2, 3).contiguous()
+    return ClusterFrame(tri_soa, torch.cat([lo, hi, rep], -1).contiguous())
+
+
+_topologies: "OrderedDict[tuple, tuple[Tensor, ClusterTopology]]" = OrderedDict()
+
+
+def cached_topology(faces: Tensor, verts: Tensor, size: int = CLUSTER) -> ClusterTopology:
+    """One ClusterTopology per (faces content, device, cluster size), built from the first pose seen."""
+    key = (faces.device, faces.data_ptr(), tuple(faces.shape), faces.dtype, faces._version, size)
+    hit = _topologies.get(key)
+    if hit is not None and torch.equal(hit[0], faces):
+        _topologies.move_to_end(key)
+        return hit[1]
+    topo = build(faces, verts[0] if verts.dim() == 3 else verts, size)
+    _topologies[key] = (faces.clone(), topo)
+    while len(_topologies) > _CACHE_SIZE:
+        _topologies.popitem(last=False)
+    return topo
