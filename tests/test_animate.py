@@ -97,6 +97,21 @@ def test_animate_script_with_edits(scene, tmp_path, capsys):
     assert rc == 0 and _probe(out) == (6, 128, 128, 10.0)
 
 
+def test_animate_with_the_diffusion_renderer(scene, tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    from fgp_fast.pipeline import FGPortraitPipeline
+
+    weights = tmp_path / "weights"
+    FGPortraitPipeline.random("tiny", n_samples=2).save_pretrained(weights)
+    script = tmp_path / "nod.json"
+    script.write_text(json.dumps({"fps": 5, "keyframes": [{"t": 0}, {"t": 0.4, "pitch": 8, "jawOpen": 0.4}]}))
+    out = tmp_path / "diffusion.mp4"
+    rc = main(["animate", "--source", str(scene["source"]), "--driver", str(script), "--out", str(out),
+               "--size", "68", "--renderer", "diffusion", "--weights", str(weights), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert _probe(out) == (3, 64, 64, 5.0)                  # sides rounded down to multiples of 8
+
+
 def test_animate_image_folder(scene, tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -177,13 +192,16 @@ def bad_inputs(scene, tmp_path_factory):
         "unknown edit": (["--source", src, "--driver", drv, "--edit", "smile=1"],
                          "unknown edit 'smile'; valid names: yaw, pitch, roll, browDown_L"),
         "bad edit value": (["--source", src, "--driver", drv, "--edit", "yaw=+x"], "needs a number"),
-        "diffusion": (["--source", src, "--driver", drv, "--renderer", "diffusion"], "not available yet"),
+        "diffusion without weights": (["--source", src, "--driver", drv, "--renderer", "diffusion"],
+                                      "needs --weights DIR"),
+        "diffusion weights missing": (["--source", src, "--driver", drv, "--renderer", "diffusion",
+                                       "--weights", str(tmp)], "fgp_pipeline.json|missing"),
     }
 
 
 @pytest.mark.parametrize("case", ["corrupt image", "missing image", "corrupt video", "zero-frame video",
                                   "no face in source", "no face in driver", "unknown edit", "bad edit value",
-                                  "diffusion"])
+                                  "diffusion without weights", "diffusion weights missing"])
 def test_bad_inputs_fail_cleanly(bad_inputs, tmp_path, capsys, case):
     argv, message = bad_inputs[case]
     out = tmp_path / "out.mp4"

@@ -31,7 +31,11 @@ def add_parser(sub) -> None:
                         "the driver's change since its first frame")
     p.add_argument("--edit", action="append", default=[], metavar="NAME=[+|-]VALUE",
                    help="expression channel or yaw/pitch/roll (degrees); '=' sets, '=+'/'=-' shifts (repeatable)")
-    p.add_argument("--renderer", choices=("warp", "diffusion"), default="warp")
+    p.add_argument("--renderer", choices=("warp", "diffusion"), default="warp",
+                   help="warp (learning-free, default) or diffusion (needs --weights)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="diffusion renderer weights: a directory written by FGPortraitPipeline.save_pretrained")
+    p.add_argument("--device", default=None, help="diffusion renderer device (default: cuda if available, else cpu)")
     p.add_argument("--size", type=int, default=512, help="longer side of the output in pixels (default 512)")
     p.add_argument("--side-by-side", action="store_true", help="put the driver (or the source) beside the result")
     p.add_argument("--face-index", type=int, default=0, help="which face, largest first (default 0)")
@@ -96,9 +100,9 @@ def read_image_uint8(path: Path) -> np.ndarray:
 
 
 class Portrait:
-    """A source image, its fit, and the warp renderer built on it once."""
+    """A source image, its fit, and the renderer (warp, or a ``DiffusionRenderer``) built on it once."""
 
-    def __init__(self, image: np.ndarray, name: str, face_index: int = 0, settings=None):
+    def __init__(self, image: np.ndarray, name: str, face_index: int = 0, settings=None, diffusion=None):
         from ..fitting import FitSettings, fit_image
         from ..heads import load_head_model
         from ..landmarks import detect_image
@@ -113,7 +117,12 @@ class Portrait:
         self.camera = self.fit.camera()
         self.verts = self.head(self.params)
         source = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
-        self.renderer = WarpRenderer(source, self.verts, self.head.faces, self.camera, backend="auto")
+        self.diffusion = diffusion
+        if diffusion is None:
+            self.renderer = WarpRenderer(source, self.verts, self.head.faces, self.camera, backend="auto")
+        else:
+            device = diffusion.pipeline.device
+            diffusion.set_source(source.to(device), self.verts.to(device), self.camera.to(device=device))
 
     def motion(self):
         from ..driving import Motion
@@ -124,7 +133,10 @@ class Portrait:
         params = self.params.replace(
             expression=torch.from_numpy(motion.expression[index:index + 1]),
             pose=self._pose(motion.rotation[index:index + 1]))
-        return to_uint8(self.renderer.render(self.head(params)).image)
+        verts = self.head(params)
+        if self.diffusion is not None:
+            return to_uint8(self.diffusion.render(verts.to(self.diffusion.pipeline.device)).float().cpu())
+        return to_uint8(self.renderer.render(verts).image)
 
     def _pose(self, rotation: np.ndarray) -> torch.Tensor:
         from ..fitting.result import NECK
@@ -220,6 +232,26 @@ def load_source(path: Path, size: int) -> np.ndarray:
     return resize(image, *fit_size(*image.shape[:2], size))
 
 
+def load_diffusion_renderer(args: argparse.Namespace):
+    """The diffusion renderer from ``--weights`` (fp16 on CUDA), or a CLIError saying what is missing."""
+    if args.weights is None:
+        raise CLIError("--renderer diffusion needs --weights DIR: a directory written by "
+                       "FGPortraitPipeline.save_pretrained (no trained weights ship with fgp_fast)")
+    if not args.weights.is_dir():
+        raise CLIError(f"--weights {args.weights} is not a directory")
+    try:
+        from ..render.diffusion import DiffusionRenderer
+    except ImportError as exc:
+        raise CLIError(f"the diffusion renderer needs the 'diffusion' extra "
+                       f"(pip install -e '.[diffusion]'): {exc}") from None
+    from ..heads import load_head_model
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    faces = load_head_model("ict").faces.to(device)
+    return DiffusionRenderer.from_pretrained(args.weights, faces, device=device, dtype=dtype)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..landmarks import MediaPipeMissingError
 
@@ -232,8 +264,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ..driving import apply_edits, parse_edits
 
-    if args.renderer == "diffusion":
-        raise CLIError("the diffusion renderer is not available yet; use --renderer warp")
+    diffusion = load_diffusion_renderer(args) if args.renderer == "diffusion" else None
     if args.face_index < 0:
         raise CLIError(f"--face-index must be >= 0, got {args.face_index}")
     check_output(args.out)
@@ -242,7 +273,9 @@ def _run(args: argparse.Namespace) -> int:
 
     edits = parse_edits(args.edit, load_head_model("ict").expression_names)
     image = load_source(args.source, args.size)
-    portrait = Portrait(image, str(args.source), args.face_index)
+    if diffusion is not None:  # the latent grid needs sides that are multiples of 8
+        image = resize(image, image.shape[0] // 8 * 8, image.shape[1] // 8 * 8)
+    portrait = Portrait(image, str(args.source), args.face_index, diffusion=diffusion)
     motion, fps, frames, filled = driver_motion(args.driver, args, portrait)
     motion = apply_edits(motion, edits, portrait.head.expression_names)
     side = None
