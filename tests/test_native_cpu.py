@@ -418,3 +418,15 @@ def test_torch_compile_through_fake_kernels():
                                          torch.empty(2, 7, 8), torch.empty(2, 4, 12), 6, 7, 2, 0.01, False,
                                          torch.bfloat16)
         assert fake.shape == (2, 6, 6, 7) and fake.dtype == torch.bfloat16
+
+
+def test_flow_encoder_rejects_nan_vertices_by_default():
+    gen = torch.Generator().manual_seed(77)
+    v, f = random_blob(gen, 1)
+    cam = random_camera(gen, 8, 8)
+    enc = native.FlowEncoder(f, n_samples=2)
+    vt = v[None].float().clone()
+    enc(vt, v[None].float(), cam.to(dtype=torch.float32))
+    vt[0, 5, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        enc(vt, v[None].float(), cam.to(dtype=torch.float32))

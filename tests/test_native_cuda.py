@@ -71,7 +71,7 @@ def test_cuda_out_written_and_deterministic(dtype):
 
 def test_cuda_graph_capture():
     vt, vs, faces, cam, gen = _cuda_scene(13, (16, 16))
-    enc = native.FlowEncoder(faces, n_samples=4, dtype=torch.float16)
+    enc = native.FlowEncoder(faces, n_samples=4, dtype=torch.float16, validate=False)
     out = torch.empty(1, 12, 16, 16, dtype=torch.float16, device=DEV)
     vt_in, vs_in = vt.clone(), vs.clone()
     enc(vt_in, vs_in, cam, out=out)  # warm-up: builds the BVH and buffers
