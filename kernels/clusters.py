@@ -15,19 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..ops.geometry import morton_order
+
 CLUSTER = 32   # triangles per cluster (the width of the dense point x triangle test)
 _CACHE_SIZE = 4
-
-
-def morton_order(centroids: Tensor) -> Tensor:
-    """Face order along a 3D Morton curve (10 bits per axis), stable on equal codes."""
-    lo, hi = centroids.amin(0), centroids.amax(0)
-    q = ((centroids - lo) / (hi - lo).clamp(min=1e-12) * 1023).long().clamp(0, 1023)
-    code = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    for bit in range(10):
-        for axis in range(3):
-            code |= ((q[:, axis] >> bit) & 1) << (3 * bit + axis)
-    return torch.argsort(code, stable=True)
 
 
 @dataclass

@@ -77,3 +77,17 @@ def projection_barycentric(p: Tensor, tri: Tensor) -> Tensor:
     w = _safe_div(d00 * d21 - d01 * d20, den)
     proj = torch.stack([1 - v - w, v, w], -1)
     return torch.where((den > 0)[..., None], proj, closest_point_barycentric(p, a, b, c))
+
+
+def morton_order(centroids: Tensor) -> Tensor:
+    """Order of points (P, 3) along a 3D Morton curve (10 bits per axis), stable on equal codes.
+
+    Consecutive faces in this order are spatially close, which makes tight clusters for culling.
+    """
+    lo, hi = centroids.amin(0), centroids.amax(0)
+    q = ((centroids - lo) / (hi - lo).clamp(min=1e-12) * 1023).long().clamp(0, 1023)
+    code = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    for bit in range(10):
+        for axis in range(3):
+            code |= ((q[:, axis] >> bit) & 1) << (3 * bit + axis)
+    return torch.argsort(code, stable=True)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..camera import Camera
-from .geometry import face_normals, point_triangle_dist2, projection_barycentric
+from .geometry import face_normals, morton_order, point_triangle_dist2, projection_barycentric
 
 Z_MIN = 1e-6  # triangles with a vertex at or behind this camera depth are not rasterised
 
@@ -139,17 +139,6 @@ PAIR_CHUNK = 8192     # (point, cluster) pairs evaluated at once
 UPPER_BOUND_CLUSTERS = 8  # clusters searched first to get a tight distance bound
 
 
-def _morton_order(centroids: Tensor) -> Tensor:
-    """Face order along a 3D Morton curve, so consecutive faces are spatially close."""
-    lo, hi = centroids.amin(0), centroids.amax(0)
-    q = ((centroids - lo) / (hi - lo).clamp(min=1e-12) * 1023).long().clamp(0, 1023)
-    code = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    for bit in range(10):
-        for axis in range(3):
-            code |= ((q[:, axis] >> bit) & 1) << (3 * bit + axis)
-    return torch.argsort(code, stable=True)
-
-
 def nearest_faces(points: Tensor, tri: Tensor) -> tuple[Tensor, Tensor]:
     """Exact nearest triangle for each point: (face index (P,), squared distance (P,)).
 
@@ -158,7 +147,7 @@ def nearest_faces(points: Tensor, tri: Tensor) -> tuple[Tensor, Tensor]:
     found so far, so the answer equals a brute-force search.
     """
     F, dev = tri.shape[0], tri.device
-    order = _morton_order(tri.mean(1))
+    order = morton_order(tri.mean(1))
     pad = (-F) % CLUSTER
     order = torch.cat([order, order[-1:].expand(pad)])   # repeats do not change the minimum
     cl_faces = order.view(-1, CLUSTER)                   # (nc, C)
