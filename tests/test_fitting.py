@@ -1,7 +1,7 @@
 """Head-model fitting: synthetic ground truth (stills and a video), gap filling, caching, a real photo.
 
 Stated accuracy (256 px images, face ~150 px, 0.5 px landmark noise, fixed focal): head rotation
-error at most 1 degree on average and 2 degrees in the worst of the frames, expression error
+error within 1 degree on every frame, expression error
 0.05 on average over the 53 channels, translation within 1 cm sideways and 5 cm in depth
 (depth trades off against identity scale). Video: frame-to-frame jitter of the recovered angles
 (RMS of second differences beyond the true motion's) under 0.25 degrees.
@@ -47,7 +47,7 @@ def _angle_deg(a, b):
 
 def test_synthetic_stills(head, model):
     g = torch.Generator().manual_seed(0)
-    B = 4
+    B = 8
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(B, generator=g)  # noqa: E731
     expr = torch.zeros(B, 53)
     for i in range(B):
@@ -72,7 +72,7 @@ def test_synthetic_stills(head, model):
     print(f"rotation error deg {rot.round(2)}; expression MAE {e_err.mean():.3f}, max {e_err.max():.2f}; "
           f"translation error mm xy {1000 * t_err[:, :2].max():.1f} z {1000 * t_err[:, 2].max():.1f}; "
           f"reprojection px {[round(float(f.error_px[0]), 2) for f in fits]}")
-    assert rot.mean() < 1.0 and rot.max() < 2.0
+    assert rot.max() < 1.0
     assert e_err.mean() < 0.05
     assert t_err[:, :2].max() < 0.01 and t_err[:, 2].max() < 0.05
     assert all(f.error_px[0] < 2 * NOISE for f in fits)
@@ -112,7 +112,7 @@ def test_synthetic_video_tracks_without_jitter(head, model):
     jaw_err = np.abs(fit.expression[:, head.expression_names.index("jawOpen")] - expr[:, 26].numpy())
     print(f"video: rotation error mean {rot.mean():.2f} max {rot.max():.2f} deg; jitter {jitter:.3f} deg; "
           f"jawOpen error mean {jaw_err.mean():.3f}")
-    assert rot.mean() < 1.0 and rot.max() < 2.0
+    assert rot.max() < 1.0
     assert jitter < 0.25
     assert jaw_err.mean() < 0.1
     assert fit.tracked.all() and len(fit) == T

@@ -29,6 +29,7 @@ class FitSettings:
     fov_deg: float = 30.0         # prior field of view across the longer image side
     rigid_steps: int = 60         # pose and translation only, from the warm start
     steps: int = 200              # everything
+    restarts: int = 3             # L-BFGS runs of the identity fit, each with a fresh history
     identity_frames: int = 8      # frames of a video used to fit the identity
     chunk: int = 64               # frames optimised together while tracking
     sigma: float = 0.006          # landmark noise, fraction of the face size
@@ -162,8 +163,9 @@ class Fitter:
             state = self._initial(obs[pick], size)
             free_focal = [] if s.focal else ["log_focal"]
             state = self._optimise(state, obs[pick], size, ["rotation", "translation"] + free_focal, s.rigid_steps)
-            state = self._optimise(state, obs[pick], size, ["rotation", "translation", "expression", "shape"]
-                                   + free_focal, s.steps)
+            for _ in range(s.restarts):  # a fresh L-BFGS history escapes its slow crawl
+                state = self._optimise(state, obs[pick], size, ["rotation", "translation", "expression", "shape"]
+                                       + free_focal, s.steps)
             shape, log_focal = state["shape"], state["log_focal"]
             if len(obs) == 1:
                 chunks = [state]
