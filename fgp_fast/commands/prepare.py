@@ -1,0 +1,44 @@
+"""`fgp prepare`: videos -> a training dataset (face crops, head-model parameters, manifest)."""
+from __future__ import annotations
+
+import argparse
+
+from ..cli import CLIError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("prepare", help="prepare a training dataset from a directory of videos",
+                       description="Decode every video under --videos, crop the face (one box per clip), resize, "
+                                   "track head-model parameters and write one folder per clip plus manifest.json. "
+                                   "Clips without a face, too short or unreadable are skipped and reported; "
+                                   "rerunning continues where an interrupted run stopped.")
+    p.add_argument("--videos", required=True, help="directory of videos (searched recursively)")
+    p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--size", type=int, default=512, help="training resolution (square, multiple of 8)")
+    p.add_argument("--min-frames", type=int, default=8, help="skip clips shorter than this")
+    p.add_argument("--max-frames", type=int, default=0, help="keep at most this many frames per clip (0: all)")
+    p.add_argument("--margin", type=float, default=1.8, help="crop side / face landmark extent")
+    p.add_argument("--fit-steps", type=int, default=None, help="fitter iterations (default: the fitter's)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.prepare import prepare
+    from ..landmarks import MediaPipeMissingError
+
+    if args.size < 8 or args.size % 8:
+        raise CLIError(f"--size must be a positive multiple of 8, got {args.size}")
+    if args.min_frames < 2:
+        raise CLIError(f"--min-frames must be >= 2, got {args.min_frames}")
+    try:
+        report = prepare(args.videos, args.out, size=args.size, min_frames=args.min_frames,
+                         max_frames=args.max_frames, margin=args.margin, fit_steps=args.fit_steps)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    except MediaPipeMissingError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"{len(report.prepared)} clip(s) prepared, {len(report.reused)} already done, "
+          f"{len(report.skipped)} skipped -> {args.out}/manifest.json")
+    for s in report.skipped:
+        print(f"  skipped {s['video']}: {s['reason']}")
+    return 0

@@ -1,0 +1,80 @@
+"""Training configuration: one YAML file holds every hyper-parameter (see ``configs/train_*.yaml``)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["TrainConfig", "load_config"]
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train
+    stage: int = 1                  # 1: ControlNet + appearance net; 2: temporal layers only
+    init: str = "random-tiny"       # random-tiny | random-sd15 | pretrained:<dir> | sd15:<path>
+    text_embeddings: str = ""       # for init sd15:<path>: .safetensors or a CLIP text-encoder dir
+    appearance_weights: str = ""    # for init sd15:<path>: X-Portrait appearance checkpoint (optional)
+    n_samples: int = 20             # flow samples per ray (ControlNet input 3N channels)
+    flow_delta: float = 0.01        # flow sampling half-width, metres
+    flow_backend: str = "auto"
+    # --- data
+    data: str = ""                  # prepared dataset directory (fgp prepare)
+    frames: int = 8                 # stage 2: driver clip length F
+    seed: int = 0
+    # --- optimisation
+    steps: int = 1000               # optimizer steps
+    batch_size: int = 1             # per device, per micro-step (stage 2: clips)
+    grad_accum: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0      # 0 disables clipping
+    warmup_steps: int = 0
+    mixed_precision: str = "no"     # no | fp16 | bf16
+    gradient_checkpointing: bool = False
+    ema: bool = False
+    ema_decay: float = 0.9999
+    # --- bookkeeping
+    output: str = "runs/fgp"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    progress: bool = True
+
+    def check(self) -> TrainConfig:
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "n_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.stage == 2 and self.frames < 2:
+            raise ValueError("stage 2 needs frames >= 2")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
+    """Read a YAML config (unknown keys are an error), then apply non-None ``overrides``."""
+    values: dict = {}
+    if path is not None:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of hyper-parameters")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
+    return TrainConfig(**values).check()

@@ -1,0 +1,371 @@
+"""`fgp train`: stage 1 (flow ControlNet + appearance net) and stage 2 (temporal layers) on `accelerate`.
+
+The frozen SD1.5 UNet and VAE never change; the loss is the standard denoising loss (epsilon
+prediction, SD1.5's noise schedule) through exactly the modules the pipeline samples with
+(``FusedStep`` + the appearance bank, flow scaled by ``PipelineConfig.flow_scale``).
+
+Reproducibility: sample indices, noise and timesteps of micro-step m of optimizer step s are
+pure functions of (seed, s, m), and checkpoints hold the trainable weights, the optimizer, the LR
+schedule and the EMA, so ``resume`` continues a run bit-for-bit. Checkpoints are written to a
+temporary directory and renamed (``step-XXXXXXXX``); leftovers named ``.tmp-*`` are ignored.
+SIGINT/SIGTERM finish the current step, write a checkpoint and return.
+
+Importing this module imports torch only; accelerate and diffusers load inside :func:`train`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import TrainConfig
+
+__all__ = ["TrainModule", "build_pipeline", "latest_checkpoint", "train"]
+
+CKPT_RE = re.compile(r"^step-(\d{8})$")
+
+
+def build_pipeline(cfg: TrainConfig):
+    from ..models import add_temporal_layers
+    from ..pipeline import FGPortraitPipeline, PipelineConfig
+
+    init = cfg.init
+    if init in ("random-tiny", "random-sd15"):
+        pipe = FGPortraitPipeline.random(init.split("-")[1], n_samples=cfg.n_samples, temporal=cfg.stage == 2,
+                                         seed=cfg.seed, tiny_decoder=init == "random-tiny")
+    elif init.startswith("pretrained:"):
+        pipe = FGPortraitPipeline.from_pretrained(init.split(":", 1)[1])
+    elif init.startswith("sd15:"):
+        pipe = FGPortraitPipeline.from_sd15(init.split(":", 1)[1], cfg.text_embeddings,
+                                            appearance_weights=cfg.appearance_weights or None,
+                                            config=PipelineConfig(n_samples=cfg.n_samples))
+    else:
+        raise ValueError(f"init must be random-tiny, random-sd15, pretrained:<dir> or sd15:<path>, got {init!r}")
+    if pipe.config.n_samples != cfg.n_samples:
+        raise ValueError(f"the weights take n_samples={pipe.config.n_samples}; the config says {cfg.n_samples}")
+    if cfg.stage == 2 and pipe.motion_unet is None:
+        pipe = FGPortraitPipeline(pipe.unet, pipe.appearance.unet, pipe.controlnet, pipe.vae, pipe.text_embeddings,
+                                  pipe.config, pipe.vae_tiny, add_temporal_layers(pipe.unet))
+    return pipe
+
+
+class TrainModule(nn.Module):
+    """``forward(source, target, flow, noise, timesteps) -> loss``: one module so that DDP sees every
+    trainable parameter. source (B, 3, S, S), target (B, F, 3, S, S), flow (B, F, 3N, S, S),
+    noise (B, F, 4, S/8, S/8), timesteps (B,)."""
+
+    def __init__(self, pipe, stage: int):
+        super().__init__()
+        from diffusers import DDPMScheduler
+
+        from ..pipeline import SD15_SCHEDULE
+
+        self.stage = stage
+        self.unet, self.appearance, self.controlnet, self.vae = pipe.unet, pipe.appearance, pipe.controlnet, pipe.vae
+        self.motion_unet = pipe.motion_unet
+        self.step = pipe.video_step if stage == 2 else pipe.step
+        self.register_buffer("text", pipe.text_embeddings.detach().clone(), persistent=False)
+        self.flow_scale = float(pipe.config.flow_scale)
+        sched = DDPMScheduler(**{k: v for k, v in SD15_SCHEDULE.items()
+                                 if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                          "clip_sample")})
+        self.num_train_timesteps = sched.config.num_train_timesteps
+        self.register_buffer("alphas_cumprod", sched.alphas_cumprod.clone().float(), persistent=False)
+        self.requires_grad_(False)
+        for p in self.trainable_parameters().values():
+            p.requires_grad_(True)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        if self.stage == 1:
+            return {n: p for n, p in self.named_parameters() if n.startswith(("controlnet.", "appearance."))}
+        return {n: p for n, p in self.named_parameters() if n.startswith("motion_unet.") and ".motion_modules." in n}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.vae.eval()  # the VAE only encodes, without gradients
+        return self
+
+    def _encode(self, images: Tensor) -> Tensor:
+        with torch.no_grad():
+            enc = self.vae.encode(images.to(self.vae.dtype) * 2 - 1)
+            latents = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
+            return latents * self.vae.config.scaling_factor
+
+    def forward(self, source: Tensor, target: Tensor, flow: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        B, F = target.shape[:2]
+        src_lat = self._encode(source)
+        tgt_lat = self._encode(target.flatten(0, 1)).unflatten(0, (B, F))
+        dtype = self.unet.dtype
+        text = self.text.to(dtype)
+        a = self.alphas_cumprod[timesteps].view(B, 1, 1, 1, 1)
+        noisy = (a.sqrt() * tgt_lat + (1 - a).sqrt() * noise).to(dtype)
+        flow = (flow * self.flow_scale).to(dtype)
+        if self.stage == 1:
+            bank = self.appearance(src_lat.to(dtype), text)
+            eps = self.step(noisy[:, 0], timesteps, text, flow[:, 0], *bank)
+            return torch.nn.functional.mse_loss(eps.float(), noise[:, 0].float())
+        losses = []
+        for b in range(B):  # one clip per temporal forward
+            with torch.no_grad():
+                bank = self.appearance(src_lat[b:b + 1].to(dtype), text)
+            eps = self.step(noisy[b], timesteps[b], text, flow[b], *bank)
+            losses.append(torch.nn.functional.mse_loss(eps.float(), noise[b].float()))
+        return torch.stack(losses).mean()
+
+
+def latest_checkpoint(output: str | Path) -> Path | None:
+    """The newest complete checkpoint (``step-XXXXXXXX`` with meta.json); temp leftovers are ignored."""
+    root = Path(output) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if CKPT_RE.match(p.name) and (p / "meta.json").is_file()]
+    return max(done, key=lambda p: int(CKPT_RE.match(p.name).group(1)), default=None)
+
+
+def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+class _Stop:
+    def __init__(self):
+        self.requested = None
+
+    def __call__(self, signum, frame):
+        self.requested = signum
+
+
+def _seed_gen(*parts: int) -> torch.Generator:
+    import numpy as np
+
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0]))
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
+          on_step: Callable[[int, float], None] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) training; returns {"step", "losses", "weights", "interrupted", "checkpoint"}.
+
+    ``stop_after``: stop (with a checkpoint) once this optimizer step is done, as if interrupted.
+    ``on_step(step, loss)``: called after every optimizer step.
+    """
+    try:
+        from accelerate import Accelerator
+    except ImportError as exc:
+        raise ImportError("fgp train needs accelerate: pip install 'fgp_fast[train]'") from exc
+    from ..data import ClipDataset
+
+    cfg.check()
+    out = Path(cfg.output)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    dataset = ClipDataset(cfg.data, frames=1 if cfg.stage == 1 else cfg.frames, seed=cfg.seed)
+    pipe = build_pipeline(cfg)
+    size = dataset.size
+    if size % 8:
+        raise ValueError(f"dataset size {size} is not a multiple of 8")
+    model = TrainModule(pipe, cfg.stage)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+    model.to(device)
+    if device.type == "cuda" and weight_dtype != torch.float32:  # frozen weights in half precision
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(weight_dtype)
+    if cfg.gradient_checkpointing:
+        for m in (pipe.unet, pipe.controlnet, pipe.appearance.unet, pipe.motion_unet):
+            if m is not None:
+                m.enable_gradient_checkpointing()
+    params = model.trainable_parameters()
+    names = sorted(params)
+    optimizer = torch.optim.AdamW([params[n] for n in names], lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)
+    ema = {n: params[n].detach().clone().float() for n in names} if cfg.ema else None
+
+    step = 0
+    if resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            log(f"no checkpoint in {out / 'checkpoints'}; starting from step 0")
+        else:
+            meta = json.loads((ckpt / "meta.json").read_text())
+            state = torch.load(ckpt / "trainable.pt", map_location=device)
+            missing = set(names) - set(state)
+            if missing:
+                raise ValueError(f"checkpoint {ckpt} does not match this config (missing {sorted(missing)[:3]})")
+            with torch.no_grad():
+                for n in names:
+                    params[n].copy_(state[n])
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device))
+            lr_sched.load_state_dict(meta["lr_scheduler"])
+            if ema is not None and (ckpt / "ema.pt").is_file():
+                ema = {k: v.to(device) for k, v in torch.load(ckpt / "ema.pt", map_location=device).items()}
+            torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
+            step = int(meta["step"])
+            log(f"resumed from {ckpt} at step {step}")
+
+    def save_checkpoint() -> Path | None:
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return None
+        final = out / "checkpoints" / f"step-{step:08d}"
+
+        def write(tmp: Path):
+            torch.save({n: params[n].detach().cpu() for n in names}, tmp / "trainable.pt")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if ema is not None:
+                torch.save({k: v.cpu() for k, v in ema.items()}, tmp / "ema.pt")
+            meta = {"step": step, "config": cfg.to_dict(), "lr_scheduler": lr_sched.state_dict(),
+                    "torch_rng": torch.get_rng_state().tolist()}
+            (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks the checkpoint complete
+
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_dir(final, write)
+        kept = sorted((p for p in final.parent.iterdir() if CKPT_RE.match(p.name)), key=lambda p: p.name)
+        for old in kept[:-cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    writer = None
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            writer = None
+    log_path = out / "log.csv"
+    stop = _Stop()
+    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    bar = None
+    if cfg.progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"stage {cfg.stage}", dynamic_ncols=True)
+    losses: list[float] = []
+    interrupted, last_ckpt = False, None
+    world, rank, B = accelerator.num_processes, accelerator.process_index, cfg.batch_size
+    latent = size // 8
+    F = 1 if cfg.stage == 1 else cfg.frames
+    model.train()
+    try:
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            total = 0.0
+            for micro in range(cfg.grad_accum):
+                first = ((step * cfg.grad_accum + micro) * world + rank) * B
+                batch = dataset.batch(range(first, first + B))
+                flow = dataset.flow(batch, core.step.controlnet.config.conditioning_channels // 3,
+                                    cfg.flow_delta, cfg.flow_backend, device)
+                gen = _seed_gen(cfg.seed, step, micro, rank)
+                noise = torch.randn((B, F, 4, latent, latent), generator=gen)
+                timesteps = torch.randint(0, core.num_train_timesteps, (B,), generator=gen)
+                with accelerator.autocast():
+                    loss = model(batch["source"].to(device), batch["target"].to(device), flow,
+                                 noise.to(device), timesteps.to(device))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                if micro < cfg.grad_accum - 1:
+                    with accelerator.no_sync(model):
+                        accelerator.backward(loss / cfg.grad_accum)
+                else:
+                    accelerator.backward(loss / cfg.grad_accum)
+                total += float(loss.detach()) / cfg.grad_accum
+            if cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_([params[n] for n in names], cfg.max_grad_norm)
+            optimizer.step()
+            lr_sched.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                with torch.no_grad():
+                    d = min(cfg.ema_decay, (1 + step) / (10 + step))
+                    for n in names:
+                        ema[n].mul_(d).add_(params[n].detach().float(), alpha=1 - d)
+            step += 1
+            losses.append(total)
+            if accelerator.is_main_process:
+                if step % cfg.log_every == 0 or step == cfg.steps or step == 1:
+                    new = not log_path.is_file()
+                    with open(log_path, "a", newline="") as fh:
+                        w = csv.writer(fh)
+                        if new:
+                            w.writerow(["step", "loss", "lr", "seconds"])
+                        w.writerow([step, f"{total:.6g}", f"{lr_sched.get_last_lr()[0]:.6g}",
+                                    f"{time.perf_counter() - t0:.4f}"])
+                    if writer is not None:
+                        writer.add_scalar("loss", total, step)
+                        writer.add_scalar("lr", lr_sched.get_last_lr()[0], step)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total:.4f}")
+            if on_step is not None:
+                on_step(step, total)
+            if step % cfg.checkpoint_every == 0:
+                last_ckpt = save_checkpoint()
+            if stop.requested is not None or (stop_after is not None and step >= stop_after and step < cfg.steps):
+                interrupted = True
+                if step % cfg.checkpoint_every:
+                    last_ckpt = save_checkpoint()
+                log(f"stopped at step {step}" + (f" ({signal.Signals(stop.requested).name})"
+                                                  if stop.requested is not None else "")
+                    + f"; resume with --resume (checkpoint {last_ckpt})")
+                break
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    weights = None
+    if not interrupted:
+        if step % cfg.checkpoint_every:
+            last_ckpt = save_checkpoint()
+        if accelerator.is_main_process:
+            weights = out / "weights"
+            if ema is not None:  # export the EMA weights
+                with torch.no_grad():
+                    backup = {n: params[n].detach().clone() for n in names}
+                    for n in names:
+                        params[n].copy_(ema[n])
+            _atomic_dir(weights, lambda tmp: _save_pipeline(pipe, tmp))
+            if ema is not None:
+                with torch.no_grad():
+                    for n in names:
+                        params[n].copy_(backup[n])
+            log(f"weights written to {weights} (FGPortraitPipeline.from_pretrained)")
+    accelerator.wait_for_everyone()
+    return {"step": step, "losses": losses, "weights": weights, "interrupted": interrupted,
+            "checkpoint": last_ckpt, "pipeline": pipe}
+
+
+def _save_pipeline(pipe, directory: Path) -> None:
+    dtypes = {m: next(m.parameters()).dtype for m in pipe._modules()}
+    dtypes = {m: dt for m, dt in dtypes.items() if dt != torch.float32}
+    try:
+        for m in dtypes:
+            m.to(torch.float32)
+        pipe.save_pretrained(directory)
+    finally:
+        for m, dt in dtypes.items():
+            m.to(dt)
