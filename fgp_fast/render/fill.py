@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as Fnn
 from torch import Tensor
 
-__all__ = ["pushpull_fill", "distance_to_mask", "smooth_falloff"]
+__all__ = ["pushpull_fill", "distance_to_mask", "jump_flood_distance", "smooth_falloff"]
 
 
 def pushpull_fill(values: Tensor, weight: Tensor) -> Tensor:
@@ -38,9 +38,35 @@ def pushpull_fill(values: Tensor, weight: Tensor) -> Tensor:
 def distance_to_mask(mask: Tensor) -> Tensor:
     """Euclidean distance (B, H, W) in pixels from each pixel centre to the nearest True pixel.
 
+    0 on the mask; a very large number in images whose mask is empty. CPU masks use OpenCV's
+    exact transform when OpenCV is importable (a MediaPipe dependency; 30x faster than the tensor
+    path at 256²), other devices jump flooding.
+    """
+    if mask.device.type == "cpu":
+        try:
+            import cv2
+        except ImportError:
+            pass
+        else:
+            return _distance_cv2(mask, cv2)
+    return jump_flood_distance(mask)
+
+
+def _distance_cv2(mask: Tensor, cv2) -> Tensor:
+    far = float(1e4 * max(mask.shape[-2:]))
+    out = torch.full(mask.shape, far)
+    for b, m in enumerate(mask):
+        if bool(m.any()):
+            outside = (~m).numpy().astype("uint8")
+            out[b] = torch.from_numpy(cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE))
+    return out
+
+
+def jump_flood_distance(mask: Tensor) -> Tensor:
+    """``distance_to_mask`` in tensor ops on any device.
+
     Jump flooding (log2 passes of 9-neighbour seed propagation, then one extra pass at step 1):
-    exact in almost all pixels, off by a fraction of a pixel in rare ones. 0 on the mask; a
-    very large number in images whose mask is empty.
+    exact in almost all pixels, off by a fraction of a pixel in rare ones.
     """
     B, H, W = mask.shape
     dev = mask.device
