@@ -118,6 +118,36 @@ def test_synthetic_video_tracks_without_jitter(head, model):
     assert fit.tracked.all() and len(fit) == T
 
 
+def test_live_refine_follows_a_moving_head(head, model):
+    """The streaming tracker's path: one full fit, then three Levenberg-Marquardt steps per frame
+    (a 25° head turn at 5° per frame, the jaw opening meanwhile)."""
+    T = 30
+    t = torch.linspace(0, 1, T)
+    yaw, pitch = 25 * torch.sin(2 * torch.pi * t), 10 * torch.sin(4 * torch.pi * t)
+    expr = torch.zeros(T, 53)
+    expr[:, head.expression_names.index("jawOpen")] = 0.7 * torch.sin(torch.pi * t) ** 2
+    trans = torch.stack([0.03 * t, torch.zeros(T), -0.8 - 0.1 * t], 1)
+    p = _params(head, yaw, pitch, torch.zeros(T), expr, trans, torch.zeros(T, 50))
+    uv, _ = camera_for(FOCAL, SIZE, SIZE).project(model.points(p))
+    noisy = torch.from_numpy(uv.numpy() + np.random.default_rng(2).normal(0, NOISE, uv.shape)).float()
+    fitter = Fitter(head, FitSettings(focal=FOCAL))
+    state = Fitter.state_of(fitter.fit(noisy[:1].numpy(), SIZE, SIZE))
+    rot, jaw = [], []
+    for i in range(1, T):
+        state = fitter.refine(state, noisy[i:i + 1], (SIZE, SIZE), steps=3)
+        assert not any(v.requires_grad for v in state.values())
+        rot.append(_angle_deg(state["rotation"].numpy(), p.pose[i:i + 1, 3:6])[0])
+        jaw.append(abs(float(state["expression"][0, 26]) - float(expr[i, 26])))
+    print(f"live refine: rotation error mean {np.mean(rot):.2f} max {np.max(rot):.2f} deg; jaw {np.mean(jaw):.3f}")
+    assert np.max(rot) < 1.0 and np.mean(jaw) < 0.05
+    # after losing the head, reinit re-guesses the pose instead of starting from a stale one
+    far = fitter.refine({**state, "rotation": torch.tensor([[0.0, 1.2, 0.0]])}, noisy[5:6], (SIZE, SIZE),
+                        reinit=True)
+    assert _angle_deg(far["rotation"].numpy(), p.pose[5:6, 3:6])[0] < 3.0
+    with pytest.raises(ValueError, match="one frame"):
+        fitter.refine(state, noisy[:2], (SIZE, SIZE))
+
+
 def _fit(T, tracked):
     ramp = np.arange(T, dtype=np.float32)[:, None]
     return FitResult(shape=np.zeros(50, np.float32), expression=np.repeat(ramp / T, 53, 1),

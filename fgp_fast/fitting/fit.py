@@ -136,6 +136,68 @@ class Fitter:
         return {"shape": shape, "expression": torch.zeros(T, E), "rotation": torch.zeros(T, 3),
                 "translation": centre - x.mean(0), "log_focal": log_focal}
 
+    def refine(self, state: dict, obs: torch.Tensor, size, steps: int = 3, reinit: bool = False) -> dict:
+        """One frame's warm-started fit for live tracking (identity and focal stay fixed).
+
+        ``state`` is ``state_of(fit)`` or a previous ``refine`` result; obs is (1, L, 2) pixels.
+        Levenberg-Marquardt on pose, translation and expression, because a fresh L-BFGS history
+        starts with a tiny gradient step each frame and falls behind a turning head. The Jacobian
+        comes from forward differences in one batched evaluation and is reused for every step of
+        the frame (the motion between frames is small); each step must lower the energy.
+        ``reinit`` re-guesses pose and translation first, for a head that was lost for a while.
+        """
+        if obs.ndim != 3 or obs.shape[0] != 1:
+            raise ValueError(f"refine fits one frame of (1, L, 2) landmarks, got {tuple(obs.shape)}")
+        state = {k: v.detach() for k, v in state.items()}
+        if reinit:
+            fresh = self._initial(obs, size, state["shape"], state["log_focal"])
+            state.update(translation=fresh["translation"], rotation=fresh["rotation"])
+        E = self.model.n_expression
+        scale = (obs.amax(1) - obs.amin(1)).norm(dim=-1).clamp(min=1.0)
+        # d/dx of lambda sum(psi), halved like J^T r is (the energy is |r|^2 + lambda sum(psi)).
+        prior = torch.cat([torch.zeros(6), torch.full((E,), 0.5 * self.settings.expression_prior)])
+
+        def residuals(X):  # (n, 6 + E) parameter vectors -> (n, 2L) residuals
+            n = X.shape[0]
+            st = {**state, "rotation": X[:, :3], "translation": X[:, 3:6], "expression": X[:, 6:]}
+            return self._residual(st, obs.expand(n, -1, -1), scale.expand(n), size).reshape(n, -1)
+
+        def energy(x, r):
+            return float((r ** 2).sum() + 2 * (prior * x).sum())
+
+        with torch.no_grad():
+            x = torch.cat([state["rotation"][0], state["translation"][0], state["expression"][0].clamp(0, 1)])
+            # One-sided differences that step into the expression box [0, 1], never out of it.
+            h = torch.full_like(x, 1e-3)
+            h[6:] = torch.where(x[6:] > 0.5, -1e-3, 1e-3)
+            R = residuals(torch.cat([x[None], x[None] + torch.diag(h)]))
+            r, J = R[0], ((R[1:] - R[:1]) / h[:, None]).T                  # (2L,), (2L, 6 + E)
+            A, Jt = J.T @ J, J.T
+            e, damping = energy(x, r), 1e-3
+            for _ in range(steps):
+                g = Jt @ r + prior
+                for _ in range(8):  # raise the damping until the step lowers the energy
+                    step = torch.linalg.solve(A + damping * torch.diag(A.diagonal() + 1e-6), -g)
+                    cand = torch.cat([x[:6] + step[:6], (x[6:] + step[6:]).clamp(0, 1)])
+                    r_cand = residuals(cand[None])[0]
+                    e_cand = energy(cand, r_cand)
+                    if e_cand < e:
+                        x, r, e, damping = cand, r_cand, e_cand, max(damping / 3, 1e-7)
+                        break
+                    damping *= 4
+                else:
+                    break  # no step lowers the energy: converged at this precision
+        return {**state, "rotation": x[None, :3].clone(), "translation": x[None, 3:6].clone(),
+                "expression": x[None, 6:].clone()}
+
+    @staticmethod
+    def state_of(fit: "FitResult", frame: int = 0) -> dict:
+        """The tensors ``refine`` warm-starts from, for one frame of a fit."""
+        return {"shape": torch.from_numpy(fit.shape)[None], "log_focal": torch.tensor([math.log(fit.focal)]),
+                "rotation": torch.from_numpy(fit.rotation[frame:frame + 1]),
+                "expression": torch.from_numpy(fit.expression[frame:frame + 1]),
+                "translation": torch.from_numpy(fit.translation[frame:frame + 1])}
+
     def fit(self, obs: np.ndarray, height: int, width: int, tracked=None, progress=None) -> FitResult:
         """Fit (T, L, 2) pixel landmarks; frames where ``tracked`` is False are skipped (NaN outputs)."""
         obs_all = torch.as_tensor(np.asarray(obs, np.float32))
