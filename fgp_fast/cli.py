@@ -10,7 +10,7 @@ class CLIError(Exception):
 
 
 # Subcommand modules in fgp_fast.commands; each has add_parser(subparsers) that sets ``run``.
-COMMANDS = ("flow", "animate", "demo", "eval", "prepare", "train")
+COMMANDS = ("flow", "animate", "demo", "eval", "prepare", "train", "serve", "stream")
 
 
 def _build_parser() -> argparse.ArgumentParser:

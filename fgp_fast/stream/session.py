@@ -1,0 +1,165 @@
+"""Per-connection state: the source portrait, the driver tracker, edits, and the two frame stages.
+
+A frame goes through two stages that run in worker threads: ``track`` (decode, landmarks, fit) and
+``render`` (drive, edit, render, encode). The server runs them as a two-step pipeline, so frame
+N+1 is tracked while frame N renders. Nothing here queues frames: the server hands each stage the
+latest input only.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+
+from ..driving import ANGLES, Edit, Motion, apply_edits, drive
+from .protocol import FORMATS, ProtocolError, decode_image, encode_image
+
+__all__ = ["Session", "build_portrait", "parse_live_edits"]
+
+MAX_ANGLE_EDIT = 45.0  # degrees either way; more tears the warp apart
+
+
+def build_portrait(image: np.ndarray, name: str, diffusion=None):
+    """The portrait (fit + renderer) of a source image, the same path ``fgp animate`` uses."""
+    from ..commands.animate import Portrait
+
+    return Portrait(image, name, diffusion=diffusion)
+
+
+def parse_live_edits(edits, expression_names: tuple[str, ...]) -> list[Edit]:
+    """{"jawOpen": 0.3, "yaw": -10} -> shifts on top of the driven motion; bad names/values raise."""
+    if not isinstance(edits, dict):
+        raise ProtocolError("'edits' must be an object of name: value")
+    out = []
+    for name, value in edits.items():
+        if name not in expression_names and name not in ANGLES:
+            raise ProtocolError(f"unknown edit {name!r}; valid: {', '.join(ANGLES + expression_names)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ProtocolError(f"edit {name} needs a finite number, got {value!r}")
+        limit = MAX_ANGLE_EDIT if name in ANGLES else 1.0
+        if abs(value) > limit:
+            raise ProtocolError(f"edit {name}={value:g} is outside [-{limit:g}, {limit:g}]")
+        if value:
+            out.append(Edit(name, float(value), relative=True))
+    return out
+
+
+class Session:
+    """One client's source, tracker and edits. ``track`` and ``render`` may run concurrently."""
+
+    def __init__(self, portrait, mode: str = "relative"):
+        from ..landmarks import FaceLandmarker
+        from .tracker import DriverTracker
+
+        self.portrait = portrait
+        self.mode = mode
+        self.edits: list[Edit] = []
+        self.format, self.quality = "jpeg", 85
+        self._landmarker = FaceLandmarker(video=True, max_faces=1)
+        self.tracker = DriverTracker(portrait.head, self._landmarker)
+        self._reset = False
+        self._track_lock = threading.Lock()   # close() must not free MediaPipe under a running track()
+
+    # ----------------------------------------------------------------- control (event-loop thread)
+    def set_edits(self, edits) -> None:
+        self.edits = parse_live_edits(edits, self.portrait.head.expression_names)
+
+    def request_reset(self) -> None:
+        self._reset = True  # applied by the next track(), which owns the tracker
+
+    def configure(self, message: dict) -> None:
+        fmt, quality = message.get("format", self.format), message.get("quality", self.quality)
+        if fmt not in FORMATS:
+            raise ProtocolError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise ProtocolError(f"quality must be an integer in [1, 100], got {quality!r}")
+        self.format, self.quality = fmt, quality
+
+    # ----------------------------------------------------------------- stages (worker threads)
+    def track(self, data: bytes) -> tuple[Motion | None, dict]:
+        """Driver frame bytes -> (the driver's motion, or None without a face; stage timings in ms)."""
+        t0 = time.perf_counter()
+        frame = decode_image(data)
+        t1 = time.perf_counter()
+        with self._track_lock:
+            if self._landmarker is None:
+                raise ProtocolError("session closed")
+            if self._reset:
+                self._reset = False
+                self.tracker.reset_reference()
+            motion = self.tracker.track(frame)
+            reference = self.tracker.reference
+        t2 = time.perf_counter()
+        return (None if motion is None else (reference, motion)), {"decode": _ms(t1 - t0), "track": _ms(t2 - t1)}
+
+    def render(self, driven) -> tuple[bytes, dict]:
+        """(reference, current) driver motions, or None (no face: the source as it is) -> image bytes."""
+        t0 = time.perf_counter()
+        portrait = self.portrait
+        source = portrait.motion()
+        if driven is None:
+            motion = source
+        else:
+            reference, current = driven
+            driver = Motion(np.concatenate([reference.rotation, current.rotation]),
+                            np.concatenate([reference.expression, current.expression]))
+            motion = drive(source, driver, self.mode)
+            motion = Motion(motion.rotation[1:], motion.expression[1:])
+        motion = apply_edits(motion, self.edits, portrait.head.expression_names)
+        image = portrait.render(motion, 0)
+        t1 = time.perf_counter()
+        data = encode_image(image, self.format, self.quality)
+        return data, {"render": _ms(t1 - t0), "encode": _ms(time.perf_counter() - t1)}
+
+    def set_source(self, data: bytes, size: int, diffusion=None) -> None:
+        """A new portrait from image bytes (seconds: landmarks and a full fit)."""
+        from ..commands.animate import fit_size, resize
+        from ..landmarks import NoFaceError
+
+        image = decode_image(data)
+        image = resize(image, *fit_size(*image.shape[:2], size))
+        try:
+            self.portrait = build_portrait(image, "the uploaded source", diffusion)
+        except NoFaceError as exc:
+            raise ProtocolError(str(exc)) from None
+
+    def ready(self, renderer: str) -> dict:
+        names = self.portrait.head.expression_names
+        return {"type": "ready", "size": list(self.portrait.image.shape[:2]), "expressions": list(names),
+                "angles": list(ANGLES), "renderer": renderer, "mode": self.mode}
+
+    def close(self) -> None:
+        with self._track_lock:
+            if self._landmarker is not None:
+                self._landmarker.close()
+                self._landmarker = None
+                trim_heap()
+
+
+def trim_heap() -> None:
+    """Give memory that glibc keeps in per-thread arenas back to the system.
+
+    Each connection builds and tears down a MediaPipe graph in the worker threads; nothing leaks
+    (Python's heap and live sessions stay flat), but the freed memory stays in fragmented arenas
+    and the server's resident size climbs by tens of MB per few connections without this.
+    A no-op where the C library is not glibc.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = lambda pad: 0  # noqa: E731
+    _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)

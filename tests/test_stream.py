@@ -1,0 +1,302 @@
+"""`fgp serve` / `fgp stream`: a real server on loopback driven by the Python client.
+
+Frames come back in order and the right size, edits change the output, and faults (malformed
+messages, truncated images, a 50 MB message, a client vanishing mid-frame, several clients at
+once) leave the server serving. The load test's size is set by FGP_STREAM_CLIENTS and
+FGP_STREAM_SECONDS (default 8 clients for 20 s).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'serve' extra (fastapi, uvicorn) is not installed")
+pytest.importorskip("uvicorn", reason="the 'serve' extra (fastapi, uvicorn) is not installed")
+pytest.importorskip("websockets", reason="the 'serve' extra (websockets) is not installed")
+
+from fgp_fast.stream.client import Client, ServerError, stream_frames
+from fgp_fast.stream.protocol import encode_image, pack
+
+SIZE = 160
+TOKEN = "test-token"
+CLIENTS = int(os.environ.get("FGP_STREAM_CLIENTS", "8"))
+SECONDS = float(os.environ.get("FGP_STREAM_SECONDS", "20"))
+
+
+@pytest.fixture(scope="module")
+def clip():
+    from fgp_fast.stream.clip import driver_clip
+
+    return driver_clip(SIZE, 16, 25.0)
+
+
+@pytest.fixture(scope="module")
+def server():
+    from fgp_fast.stream.server import BackgroundServer, ServerConfig
+
+    config = ServerConfig(size=SIZE, token=TOKEN, max_sessions=CLIENTS + 3, max_message=2 * 2**20)
+    with BackgroundServer(config) as srv:
+        yield srv
+
+
+def connect(server, **kw) -> Client:
+    return Client(server.url, token=TOKEN, timeout=30, **kw)
+
+
+def health(server) -> dict:
+    with urllib.request.urlopen(server.http_url + "health", timeout=5) as r:
+        return json.load(r)
+
+
+def wait_sessions(server, n: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while health(server)["sessions"] != n:
+        assert time.monotonic() < deadline, f"sessions stayed at {health(server)['sessions']}, expected {n}"
+        time.sleep(0.1)
+
+
+def render_one(client: Client, frame, frame_id: int):
+    client.send_frame(frame, frame_id)
+    reply = client.wait_for("frame")
+    assert reply.header["id"] == frame_id
+    return reply
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+# ------------------------------------------------------------------------------- the happy path
+def test_frames_come_back_in_order_with_the_right_size(server, clip):
+    with connect(server) as c:
+        assert c.ready["size"] == [SIZE, SIZE] and "jawOpen" in c.ready["expressions"]
+        replies = list(stream_frames(c, clip))
+    assert [r.header["id"] for r in replies] == list(range(len(clip)))
+    assert all(r.type == "frame" and r.image.shape == (SIZE, SIZE, 3) for r in replies)
+    assert sum(r.header["face"] for r in replies) >= len(clip) - 1
+    assert {"decode", "track", "render", "encode", "server"} <= set(replies[-1].header["ms"])
+    # The driver turns its head: the output moves with it.
+    assert np.abs(replies[4].image.astype(int) - replies[12].image.astype(int)).mean() > 3
+
+
+def test_edits_mid_stream_change_the_output(server, clip):
+    with connect(server) as c:
+        for i in range(3):
+            plain = render_one(c, clip[0], i).image
+        c.set_edits({"jawOpen": 0.8, "yaw": 25})
+        edited = render_one(c, clip[0], 10).image
+        c.set_edits({})
+        back = render_one(c, clip[0], 11).image
+    changed = np.abs(edited.astype(int) - plain.astype(int)).mean()
+    assert changed > 5, changed
+    assert np.abs(back.astype(int) - plain.astype(int)).mean() < changed / 3
+
+
+def test_reset_makes_the_current_driver_frame_neutral(server, clip):
+    with connect(server) as c:
+        neutral = render_one(c, clip[0], 0).image       # the first frame is the driver's reference
+        for i in range(1, 10):
+            turned = render_one(c, clip[min(i, 4)], i).image   # the driver turns and holds still
+        c.reset()
+        for i in range(10, 13):
+            after = render_one(c, clip[4], i).image     # the same pose, now the reference
+    moved = np.abs(turned.astype(int) - neutral.astype(int)).mean()
+    assert moved > 3
+    assert np.abs(after.astype(int) - neutral.astype(int)).mean() < moved / 2
+
+
+def test_bad_edits_and_controls_get_errors_and_the_session_goes_on(server, clip):
+    with connect(server) as c:
+        for bad in ({"type": "edits", "edits": {"noSuchChannel": 1}}, {"type": "edits", "edits": {"yaw": 1e9}},
+                    {"type": "edits", "edits": [1]}, {"type": "config", "format": "gif"}, {"type": "launch"}):
+            c.send_control(bad)
+            assert c.wait_for("error")["message"]
+        c.configure("webp", 80)
+        reply = render_one(c, clip[0], 0)
+        assert reply.header["format"] == "webp" and reply.image.shape == (SIZE, SIZE, 3)
+
+
+def test_source_upload(server, clip):
+    with connect(server) as c:
+        flipped = np.ascontiguousarray(clip[0][:, ::-1])
+        ready = c.send_source(encode_image(flipped, quality=95))
+        assert ready["size"] == [SIZE, SIZE]
+        out = render_one(c, clip[0], 0).image
+        assert np.abs(out.astype(int) - flipped.astype(int)).mean() < np.abs(out.astype(int) - clip[0]).mean()
+        c.send_raw(pack({"type": "source"}, np.zeros((64, 64, 3), np.uint8).tobytes()))
+        assert "source not changed" in c.wait_for("error")["message"]
+        render_one(c, clip[0], 1)
+
+
+# ------------------------------------------------------------------------------- faults
+def test_malformed_truncated_and_oversized_messages(server, clip):
+    jpeg = encode_image(clip[0])
+    with connect(server) as c:
+        faults = ["{not json", json.dumps([1, 2]), b"\x00\x01", b"\xff\xff\xff\xff{}",
+                  pack({"type": "frame", "id": 7}, jpeg[: len(jpeg) // 2]),   # a truncated JPEG
+                  pack({"type": "frame", "id": 8}, b"GIF89a" + b"\0" * 100),
+                  pack({"type": "frame", "id": 9}), pack({"type": "nope"}, b"x")]
+        for fault in faults:
+            c.send_raw(fault)
+            assert c.wait_for("error")["message"]
+        c.send_raw(pack({"type": "frame", "id": 99}, b"\0" * (50 * 2**20)))  # 50 MB
+        assert "over the limit" in c.wait_for("error", timeout=60)["message"]
+        assert render_one(c, clip[0], 100).image.shape == (SIZE, SIZE, 3)
+
+
+def test_client_vanishing_mid_frame_frees_its_session(server, clip):
+    wait_sessions(server, 0)
+    c = connect(server)
+    wait_sessions(server, 1)
+    c.send_frame(clip[0], 0)
+    c.ws.socket.shutdown(socket.SHUT_RDWR)  # gone without a close handshake, a frame in flight
+    c.ws.socket.close()
+    wait_sessions(server, 0)
+    with connect(server) as ok:
+        render_one(ok, clip[1], 0)
+
+
+def test_token_and_session_limits(server, clip):
+    from websockets.exceptions import InvalidStatus
+
+    from fgp_fast.stream.server import BackgroundServer, ServerConfig
+
+    for token in (None, "wrong"):
+        with pytest.raises(InvalidStatus):
+            Client(server.url, token=token, timeout=10)
+    with pytest.raises(ValueError, match="needs a token"):
+        BackgroundServer(ServerConfig(), host="0.0.0.0")
+    wait_sessions(server, 0)
+    limit = health(server)["max_sessions"]
+    held = [connect(server) for _ in range(limit)]
+    try:
+        with pytest.raises(ServerError, match="server full"):
+            connect(server)
+    finally:
+        for h in held:
+            h.close()
+    wait_sessions(server, 0)
+
+
+def test_many_clients_at_once_memory_stays_flat(server, clip):
+    """CLIENTS clients push frames at 20 fps for SECONDS; one stops reading; all are served."""
+    jpegs = [encode_image(f) for f in clip]
+
+    def run_clients(seconds: float) -> list[dict]:
+        results = [{"frames": 0, "errors": []} for _ in range(CLIENTS)]
+
+        def one(k: int) -> None:
+            try:
+                with connect(server, decode=False) as c:
+                    end, i = time.monotonic() + seconds, 0
+                    while time.monotonic() < end and i < int(seconds * 20) + 1:
+                        c.send_frame(jpegs[i % len(jpegs)], i)
+                        i += 1
+                        if k == CLIENTS - 1:  # a client that never reads what it asked for
+                            time.sleep(0.05)
+                            continue
+                        deadline = time.monotonic() + 0.05
+                        while (left := deadline - time.monotonic()) > 0:
+                            try:
+                                r = c.recv(timeout=left)
+                            except TimeoutError:
+                                break
+                            results[k]["frames"] += r.type == "frame"
+                    c.ws.socket.shutdown(socket.SHUT_RDWR)  # no close handshake: may be backed up
+                    c.ws.socket.close()
+            except Exception as exc:  # reported below
+                results[k]["errors"].append(repr(exc))
+
+        threads = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(seconds + 60)
+            assert not t.is_alive(), "a client hung"
+        return results
+
+    wait_sessions(server, 0)
+    run_clients(2.0)  # warm-up: MediaPipe graphs, allocator pools
+    wait_sessions(server, 0)
+    before = rss_mb()
+    results = run_clients(SECONDS)
+    wait_sessions(server, 0, timeout=30)
+    grown = rss_mb() - before
+    print(f"{CLIENTS} clients for {SECONDS:g} s: frames {[r['frames'] for r in results]}, "
+          f"resident memory {before:.0f} MB -> {before + grown:.0f} MB")
+    assert all(not r["errors"] for r in results), results
+    assert all(r["frames"] >= 3 for r in results[:-1]), results
+    assert grown < 150, f"resident memory grew by {grown:.0f} MB"
+    with connect(server) as c:  # and it still serves
+        render_one(c, clip[2], 0)
+
+
+# ------------------------------------------------------------------------------- commands
+def _stream_args(argv):
+    import argparse
+
+    from fgp_fast.commands import stream
+
+    parser = argparse.ArgumentParser()
+    stream.add_parser(parser.add_subparsers())
+    return parser.parse_args(["stream", *argv])
+
+
+def test_fgp_stream_command(server, clip, tmp_path):
+    from fgp_fast.video import VideoWriter, read_video
+
+    driver = tmp_path / "driver.mp4"
+    with VideoWriter(driver, 25, SIZE, SIZE) as w:
+        for f in clip[:8]:
+            w.write(f)
+    out = tmp_path / "out.mp4"
+    args = _stream_args(["--driver", str(driver), "--out", str(out), "--url", server.url, "--token", TOKEN,
+                         "--edit", '{"jawOpen": 0.3}'])
+    assert args.run(args) == 0
+    frames, fps = read_video(out)
+    assert len(frames) == 8 and frames[0].shape == (SIZE, SIZE, 3) and fps == 25
+
+
+def test_fgp_stream_errors(server, tmp_path):
+    from fgp_fast.cli import CLIError
+
+    args = _stream_args(["--driver", str(tmp_path / "x.mp4"), "--out", str(tmp_path / "o.txt")])
+    with pytest.raises(CLIError, match=".mp4"):
+        args.run(args)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from fgp_fast.video import VideoWriter
+
+    with VideoWriter(tmp_path / "d.mp4", 25, 16, 16) as w:
+        w.write(np.zeros((16, 16, 3), np.uint8))
+    args = _stream_args(["--driver", str(tmp_path / "d.mp4"), "--out", str(tmp_path / "o.mp4"),
+                         "--url", f"ws://127.0.0.1:{port}/ws", "--timeout", "5"])
+    with pytest.raises(CLIError, match="cannot connect"):
+        args.run(args)
+
+
+def test_fgp_serve_argument_errors(tmp_path, capsys):
+    from fgp_fast.commands.serve import main
+
+    assert main(["--host", "0.0.0.0"]) == 2
+    assert "--token" in capsys.readouterr().err
+    assert main(["--renderer", "diffusion"]) == 2
+    assert "--weights" in capsys.readouterr().err
+    assert main(["--renderer", "diffusion", "--weights", str(tmp_path / "none")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_importing_the_package_and_cli_stays_light():
+    code = ("import sys, fgp_fast, fgp_fast.stream, fgp_fast.commands.serve, fgp_fast.commands.stream; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
