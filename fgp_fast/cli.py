@@ -24,11 +24,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .landmarks import MediaPipeMissingError
+
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
-    except CLIError as exc:
+    except (CLIError, MediaPipeMissingError) as exc:  # a missing MediaPipe is a setup problem: say how to fix it
         print(f"fgp {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (ValueError, KeyError, FileNotFoundError, PermissionError, RuntimeError) as exc:

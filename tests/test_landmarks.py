@@ -103,3 +103,13 @@ def test_missing_mediapipe_says_how_to_install(monkeypatch):
     with pytest.raises(MediaPipeMissingError, match="pip install") as info:
         FaceLandmarker()
     assert isinstance(info.value, ImportError)
+
+
+def test_cli_reports_missing_mediapipe_in_one_line(monkeypatch, tmp_path, capsys):
+    from fgp_fast.cli import main
+
+    monkeypatch.setitem(sys.modules, "mediapipe.python.solutions", None)
+    monkeypatch.setenv("FGP_FAST_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--size", "128"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fgp demo: error:") and "pip install" in err and "Traceback" not in err

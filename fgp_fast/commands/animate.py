@@ -253,15 +253,6 @@ def load_diffusion_renderer(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..landmarks import MediaPipeMissingError
-
-    try:
-        return _run(args)
-    except MediaPipeMissingError as exc:  # a setup problem, reported like other user errors
-        raise CLIError(str(exc)) from None
-
-
-def _run(args: argparse.Namespace) -> int:
     from ..driving import apply_edits, parse_edits
 
     diffusion = load_diffusion_renderer(args) if args.renderer == "diffusion" else None

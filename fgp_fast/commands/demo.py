@@ -63,15 +63,6 @@ def contact_sheet(frames: list[np.ndarray], columns: int = 4) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..landmarks import MediaPipeMissingError
-
-    try:
-        return _run(args)
-    except MediaPipeMissingError as exc:  # a setup problem, reported like other user errors
-        raise CLIError(str(exc)) from None
-
-
-def _run(args: argparse.Namespace) -> int:
     from ..driving import script_motion
     from ..imageio import save_png
 

@@ -50,15 +50,6 @@ def pose_expression_distance(gen, drv) -> dict[str, float]:
     return {"APD": float(apd), "AED": float(aed), "frames": int(both.sum())}
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..landmarks import MediaPipeMissingError
-
-    try:
-        return _run(args)
-    except MediaPipeMissingError as exc:  # a setup problem, reported like other user errors
-        raise CLIError(str(exc)) from None
-
-
 def _frames_tensor(frames: list[np.ndarray], size: tuple[int, int] | None = None):
     """(N, 3, H, W) float in [0, 1], resized to ``size`` (H, W) when given."""
     import torch
@@ -132,7 +123,7 @@ def load_adapter(name: str, path: Path):
         raise CLIError(f"cannot load {name.upper()} weights {path}: {exc}") from None
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..fitting import FitSettings, cached_fit
     from ..video import read_video
     from .animate import read_image_uint8, track_driver
