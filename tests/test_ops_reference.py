@@ -1,7 +1,5 @@
 """The plain-PyTorch reference of the 3D flow against DESIGN.md, an independent library and its own properties."""
-import math
 
-import numpy as np
 import pytest
 import torch
 
