@@ -140,3 +140,13 @@ class ICTHead(HeadModel):
         for k in ("faces_uv", "region", "landmarks_68"):
             setattr(self, k, getattr(self, k).to(self.device))
         return self
+
+    def uv_charts(self) -> torch.Tensor:
+        """(F,) chart ids for ``fgp_fast.render.bake_texture``: the UV tile (floor u), with each eyeball
+        on its own, because the eyeballs' UVs reuse the face's unit square."""
+        tile = torch.floor(self.uv[self.faces_uv[:, 0], 0]).long()
+        region = self.region[self.faces[:, 0].long()]
+        charts = tile.clone()
+        for k, name in enumerate(("eyeball_left", "eyeball_right")):
+            charts[region == self.region_names.index(name)] = int(tile.max()) + 1 + k
+        return charts

@@ -1,4 +1,5 @@
-"""Textured mesh rendering on top of ``fgp_fast.ops.rasterize``, for synthetic portraits.
+"""Textured mesh rendering on top of ``fgp_fast.ops.rasterize``, for synthetic portraits, and baking
+a photo into a texture (:func:`bake_texture`).
 
 UV convention (OBJ / ICT-FaceKit): u runs left to right across the texture, v runs bottom to top,
 so v = 0 is the texture's last row. Coordinates outside [0, 1) repeat (UV tiles share one
@@ -7,6 +8,7 @@ texture: ICT places the face in u in [0, 1) and head, neck and sockets in [1, 2)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as Fnn
@@ -16,7 +18,7 @@ from ..camera import Camera
 from ..ops import rasterize
 from ..ops.checks import check_camera, check_faces, check_verts
 
-__all__ = ["render_textured", "procedural_texture", "sample_texture"]
+__all__ = ["BakedTexture", "bake_texture", "render_textured", "procedural_texture", "sample_texture"]
 
 
 def _check_texture(texture: Tensor, batch: int, verts: Tensor) -> Tensor:
@@ -127,3 +129,84 @@ def procedural_texture(size: int | tuple[int, int] = 256, seed: int = 0, channel
     cells = (torch.floor(x * checker) + torch.floor(y * checker)) % 2
     tex = 0.5 + 0.5 * (1 - detail) * waves + detail * (cells - 0.5)
     return tex.clamp(0, 1).to(dtype=dtype, device=device)
+
+
+@dataclass
+class BakedTexture:
+    """A texture atlas with one square chart per UV chart, side by side, and the UVs that address it:
+    ``render_textured(verts, faces, b.faces_uv, b.uv, b.texture, camera)``."""
+
+    texture: Tensor    # (C, size, charts * size) in the image's range
+    uv: Tensor         # (3F, 2): one UV per face corner, into the atlas
+    faces_uv: Tensor   # (F, 3) long
+    valid: Tensor      # (size, charts * size) bool: texels seen in the image; the rest is filled in
+
+
+def bake_texture(verts: Tensor, faces: Tensor, faces_uv: Tensor, uv: Tensor, image: Tensor, camera: Camera,
+                 size: int = 256, charts: Tensor | None = None, depth_tolerance: float = 0.001,
+                 backend: str = "auto") -> BakedTexture:
+    """Project an image onto a mesh posed as in that image: each texel gets the colour of the pixel
+    where its surface point is seen.
+
+    verts (V, 3) or (1, V, 3); image (C, H, W) or (1, C, H, W) seen by ``camera``. ``charts`` (F,)
+    ints put faces whose UVs overlap into separate atlas charts (ICT's eyeballs reuse the face's
+    UV square); by default each UV tile (floor of u and v) is a chart. A texel is seen when its
+    point lies within ``depth_tolerance`` (metres) of the depth rendered at its pixel (so a layer
+    closer than that behind the visible surface counts as seen too, like ICT's two eyeball
+    layers); the others (occluded, off-image, between UV islands) are filled smoothly from the
+    seen ones.
+    """
+    from .fill import pushpull_fill
+
+    verts = verts[None] if verts.dim() == 2 else verts
+    check_verts(verts)
+    if verts.shape[0] != 1:
+        raise ValueError(f"bake_texture takes one mesh, got a batch of {verts.shape[0]}")
+    check_faces(faces, verts.shape[1], verts.device)
+    check_camera(camera, verts)
+    _check_uv(uv, faces_uv, faces, verts)
+    image = image[0] if image.dim() == 4 and image.shape[0] == 1 else image
+    if not isinstance(image, Tensor) or image.dim() != 3 or not image.is_floating_point():
+        raise ValueError(f"image must be a float (C, H, W) tensor, got {getattr(image, 'shape', type(image))}")
+    if tuple(image.shape[1:]) != (camera.height, camera.width):
+        raise ValueError(f"image is {tuple(image.shape[1:])} but the camera is {(camera.height, camera.width)}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise ValueError(f"size must be an int >= 2, got {size!r}")
+    F, dev, dt = faces.shape[0], verts.device, verts.dtype
+    corner = uv.to(dt)[faces_uv.long()]                                         # (F, 3, 2)
+    tile = torch.floor(corner.mean(1))                                           # (F, 2)
+    if charts is None:
+        charts = tile[:, 0] * 4096 + tile[:, 1]
+    elif not isinstance(charts, Tensor) or charts.shape != (F,):
+        raise ValueError(f"charts must be a tensor of shape ({F},)")
+    _, chart = torch.unique(charts.to(dev), return_inverse=True)
+    n = int(chart.max()) + 1
+    local = corner - tile[:, None]                                               # the face's tile -> [0, 1)
+    atlas = torch.stack([(local[..., 0] + chart[:, None]) / n, local[..., 1]], -1).reshape(3 * F, 2)
+
+    # Rasterise the UV layout: points z (u, 1 - v, 1) through K = diag(n size, size, 1) land on texel
+    # centres. z is the face's depth in the image, so where UVs overlap (ICT's eyeball UVs fold the
+    # back onto the front) the texel goes to the face nearer the camera, the one that can be seen.
+    z = camera.world_to_camera(verts)[0, :, 2][faces.long()].mean(1).repeat_interleave(3)
+    if not bool((z > 0).all()):
+        raise ValueError("bake_texture needs the whole mesh in front of the camera")
+    flat = torch.stack([atlas[:, 0], 1 - atlas[:, 1], torch.ones_like(atlas[:, 0])], -1) * z[:, None]
+    K = torch.tensor([[n * size, 0.0, 0.0], [0.0, size, 0.0], [0.0, 0.0, 1.0]], dtype=dt, device=dev)
+    corners = torch.arange(3 * F, device=dev).view(F, 3)
+    texels = rasterize(flat[None], corners, Camera(K, torch.eye(4, dtype=dt, device=dev), size, n * size),
+                       backend=backend)
+    fid = texels.face_id[0].clamp(min=0)                                         # (size, n size)
+    points = (texels.bary[0][..., None] * verts[0][faces.long()[fid]]).sum(-2)   # (size, n size, 3)
+
+    pix, depth = camera.project(points.reshape(1, -1, 3))
+    H, W = camera.height, camera.width
+    grid = torch.stack([2 * pix[0, :, 0] / W - 1, 2 * pix[0, :, 1] / H - 1], -1).view(1, size, n * size, 2)
+    # The rendered depth interpolated at the point's projection: exact on smooth surfaces, so the
+    # tolerance can be small (eyeballs sit millimetres behind the lids); off-mesh and off-image
+    # pixels read 0, so points at silhouettes count as unseen.
+    rendered = rasterize(verts, faces, camera, backend=backend).depth[:, None]
+    front = Fnn.grid_sample(rendered, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    valid = texels.mask[0] & (depth[0].view(size, n * size) <= front[0, 0] + depth_tolerance)
+    colour = Fnn.grid_sample(image[None].to(dt), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    texture = pushpull_fill(colour, valid[None, None].to(dt))[0]
+    return BakedTexture(texture.to(image.dtype), atlas, corners, valid)
