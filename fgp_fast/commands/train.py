@@ -11,7 +11,8 @@ def add_parser(sub) -> None:
                        description="Every hyper-parameter lives in one YAML file (configs/train_sd15.yaml "
                                    "documents them); the flags below override it. Multi-GPU: "
                                    "`accelerate launch -m fgp_fast.cli train ...`. Writes checkpoints to "
-                                   "OUTPUT/checkpoints and the final weights to OUTPUT/weights.")
+                                   "OUTPUT/checkpoints, the final weights to OUTPUT/weights, the loss to "
+                                   "OUTPUT/log.csv (and TensorBoard) and preview grids to OUTPUT/samples.")
     p.add_argument("--config", help="YAML config file")
     p.add_argument("--data", help="prepared dataset directory (fgp prepare)")
     p.add_argument("--output", help="run directory")
@@ -25,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
     p.add_argument("--ema", action="store_true", default=None)
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--sample-every", type=int, help="preview grid every N steps (OUTPUT/samples, TensorBoard); 0: none")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step, as if interrupted")
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in ("data", "output", "stage", "init", "steps", "batch_size", "grad_accum",
                                                 "lr", "mixed_precision", "gradient_checkpointing", "ema",
-                                                "checkpoint_every", "seed")}
+                                                "checkpoint_every", "sample_every", "seed")}
     if args.no_progress:
         overrides["progress"] = False
     try:
@@ -54,5 +56,6 @@ def run(args: argparse.Namespace) -> int:
     if result["interrupted"]:
         print(f"interrupted at step {result['step']}; checkpoint {result['checkpoint']}")
         return 130
-    print(f"done: {result['step']} steps; weights in {result['weights']}")
+    if result["weights"] is not None:  # the main process (the others write nothing)
+        print(f"done: {result['step']} steps; weights in {result['weights']}")
     return 0

@@ -23,7 +23,8 @@ class DataError(ValueError):
 
 class ClipDataset:
     """``sample(i) -> dict`` of source (3, S, S), target (F, 3, S, S) in [0, 1], verts_src (V, 3),
-    verts_tgt (F, V, 3); ``batch(indices)`` stacks samples; ``flow(batch, n_samples)``."""
+    verts_tgt (F, V, 3), and its clip's camera: K (3, 3), world_to_cam (4, 4) (focals differ per
+    clip); ``batch(indices)`` stacks samples; ``flow(batch, n_samples)``."""
 
     def __init__(self, root: str | Path, frames: int = 1, seed: int = 0, head: str = "ict"):
         from ..fitting import FitResult
@@ -65,7 +66,7 @@ class ClipDataset:
                             + ". Re-run `fgp prepare` or remove them from manifest.json")
         if not self.clips:
             raise DataError(f"dataset {self.root} has no usable clips")
-        self.camera = self.fits[0].camera()
+        self.cameras = [fit.camera() for fit in self.fits]
 
     def __len__(self) -> int:
         return sum(len(x) for x in self.images)
@@ -81,30 +82,40 @@ class ClipDataset:
         else:
             start = int(rng.integers(T - F + 1))
             tgt = list(range(start, start + F))
+        return self._item(c, src, tgt)
+
+    def preview(self) -> dict:
+        """A fixed sample, independent of the seed, for comparable previews across a run: the first
+        clip's first frame as source, its last F frames as target."""
+        T = len(self.images[0])
+        return self._item(0, 0, list(range(T - self.frames, T)))
+
+    def _item(self, c: int, src: int, tgt: list[int]) -> dict:
         fit = self.fits[c]
         with torch.no_grad():
             verts = self.head(fit.head_params(self.head, [src] + tgt))
         image = torch.from_numpy(np.ascontiguousarray(self.images[c][[src] + tgt])).permute(0, 3, 1, 2).float() / 255
-        camera = fit.camera()
-        if not torch.equal(camera.K, self.camera.K):
-            # one camera per batch keeps flow_encode batched: clips share size, focal may differ slightly
-            camera = self.camera
+        camera = self.cameras[c]
         return {"source": image[0], "target": image[1:], "verts_src": verts[0], "verts_tgt": verts[1:],
-                "clip": c, "frames": [src] + tgt}
+                "K": camera.K, "world_to_cam": camera.world_to_cam, "clip": c, "frames": [src] + tgt}
 
     def batch(self, indices) -> dict:
         samples = [self.sample(i) for i in indices]
-        return {k: torch.stack([s[k] for s in samples]) for k in ("source", "target", "verts_src", "verts_tgt")}
+        return {k: torch.stack([s[k] for s in samples])
+                for k in ("source", "target", "verts_src", "verts_tgt", "K", "world_to_cam")}
 
     def flow(self, batch: dict, n_samples: int, delta: float = 0.01, backend: str = "auto",
              device=None) -> Tensor:
-        """(B, F, 3N, S, S) flow from each target to its source, in the (shared) source camera."""
+        """(B, F, 3N, S, S) flow from each target to its source, each sample in its own clip's camera."""
+        from ..camera import Camera
         from ..ops import flow_encode
 
         verts_tgt, verts_src = batch["verts_tgt"], batch["verts_src"]
         B, F = verts_tgt.shape[:2]
         device = device or verts_tgt.device
-        camera = self.camera.to(device) if hasattr(self.camera, "to") else self.camera
+        # flow_encode takes one camera per mesh, so clips with different focals share one batched call
+        camera = Camera(batch["K"].repeat_interleave(F, 0).to(device),
+                        batch["world_to_cam"].repeat_interleave(F, 0).to(device), self.size, self.size)
         faces = self.head.faces.to(device)
         tgt = verts_tgt.reshape(B * F, *verts_tgt.shape[2:]).to(device)
         src = verts_src[:, None].expand(B, F, *verts_src.shape[1:]).reshape(B * F, *verts_src.shape[1:]).to(device)

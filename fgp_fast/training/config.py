@@ -42,6 +42,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
+    sample_every: int = 500         # preview grid every N steps (TensorBoard + samples/*.png); 0 disables
+    sample_steps: int = 2           # denoising steps of the preview
     progress: bool = True
 
     def check(self) -> TrainConfig:
@@ -52,6 +54,10 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "n_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.sample_every < 0:
+            raise ValueError(f"sample_every must be >= 0 (0 disables previews), got {self.sample_every}")
+        if self.sample_steps < 1:
+            raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
         if self.stage == 2 and self.frames < 2:
             raise ValueError("stage 2 needs frames >= 2")
         return self

@@ -4,11 +4,14 @@ The frozen SD1.5 UNet and VAE never change; the loss is the standard denoising l
 prediction, SD1.5's noise schedule) through exactly the modules the pipeline samples with
 (``FusedStep`` + the appearance bank, flow scaled by ``PipelineConfig.flow_scale``).
 
-Reproducibility: sample indices, noise and timesteps of micro-step m of optimizer step s are
-pure functions of (seed, s, m), and checkpoints hold the trainable weights, the optimizer, the LR
+Reproducibility: sample indices of micro-step m of optimizer step s are pure functions of (seed,
+s, m) and each sample's noise and timestep of (seed, sample index), so N processes x batch B see
+exactly what one process x batch N*B does; checkpoints hold the trainable weights, the optimizer, the LR
 schedule and the EMA, so ``resume`` continues a run bit-for-bit. Checkpoints are written to a
 temporary directory and renamed (``step-XXXXXXXX``); leftovers named ``.tmp-*`` are ignored.
-SIGINT/SIGTERM finish the current step, write a checkpoint and return.
+SIGINT/SIGTERM finish the current step, write a checkpoint and return. The loss goes to log.csv
+(and TensorBoard); every ``sample_every`` steps the main process writes a preview grid
+(``preview.py``) with its own generator, leaving the training RNG stream untouched.
 
 Importing this module imports torch only; accelerate and diffusers load inside :func:`train`.
 """
@@ -81,13 +84,19 @@ class TrainModule(nn.Module):
         self.num_train_timesteps = sched.config.num_train_timesteps
         self.register_buffer("alphas_cumprod", sched.alphas_cumprod.clone().float(), persistent=False)
         self.requires_grad_(False)
-        for p in self.trainable_parameters().values():
-            p.requires_grad_(True)
+        if stage == 1:
+            self.controlnet.requires_grad_(True)
+            self.appearance.requires_grad_(True)
+            # The appearance net's tail after its last bank read cannot change the loss: frozen, so that
+            # every trained parameter gets a gradient (DDP fails on ones that never do).
+            for p in _bank_free_parameters(self.appearance, self.text):
+                p.requires_grad_(False)
+        else:
+            for n, p in self.motion_unet.named_parameters():
+                p.requires_grad_(".motion_modules." in n)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        if self.stage == 1:
-            return {n: p for n, p in self.named_parameters() if n.startswith(("controlnet.", "appearance."))}
-        return {n: p for n, p in self.named_parameters() if n.startswith("motion_unet.") and ".motion_modules." in n}
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -120,6 +129,26 @@ class TrainModule(nn.Module):
             eps = self.step(noisy[b], timesteps[b], text, flow[b], *bank)
             losses.append(torch.nn.functional.mse_loss(eps.float(), noise[b].float()))
         return torch.stack(losses).mean()
+
+
+def _bank_free_parameters(appearance, text: Tensor) -> list[nn.Parameter]:
+    """The appearance net's parameters that no bank tensor depends on: those the autograd graph of
+    one forward pass (at the smallest latent size its downsampling allows) never reaches."""
+    unet = appearance.unet
+    side = 2 ** (len(unet.config.block_out_channels) - 1)
+    with torch.enable_grad():
+        bank = appearance(torch.zeros(1, unet.config.in_channels, side, side, dtype=unet.dtype),
+                          text.to(unet.dtype))
+    reached, seen, todo = set(), set(), [b.grad_fn for b in bank]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):  # AccumulateGrad: a leaf, i.e. a parameter
+            reached.add(id(fn.variable))
+        todo.extend(f for f, _ in fn.next_functions)
+    return [p for p in appearance.parameters() if id(p) not in reached]
 
 
 def latest_checkpoint(output: str | Path) -> Path | None:
@@ -159,6 +188,16 @@ def _seed_gen(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0]))
 
 
+def _noise(seed: int, indices, shape: tuple, num_timesteps: int) -> tuple[Tensor, Tensor]:
+    """Noise (B, *shape) and timesteps (B,) of the samples ``indices``: each from its own generator keyed
+    by the global sample index, so they do not depend on how samples are split over processes and
+    micro-batches (the third key word keeps this stream apart from the dataset's (seed, index))."""
+    gens = [_seed_gen(seed, i, 1) for i in indices]
+    noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+    timesteps = torch.cat([torch.randint(0, num_timesteps, (1,), generator=g) for g in gens])
+    return noise, timesteps
+
+
 def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
           on_step: Callable[[int, float], None] | None = None, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) training; returns {"step", "losses", "weights", "interrupted", "checkpoint"}.
@@ -168,12 +207,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     """
     try:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
     except ImportError as exc:
         raise ImportError("fgp train needs accelerate: pip install 'fgp_fast[train]'") from exc
     from ..data import ClipDataset
 
     cfg.check()
     out = Path(cfg.output)
+    # accelerate keeps mixed precision in a process-wide singleton that refuses a change; clear it (not
+    # the process group) so that train() can run again in one process with another mixed_precision
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     device = accelerator.device
     dataset = ClipDataset(cfg.data, frames=1 if cfg.stage == 1 else cfg.frames, seed=cfg.seed)
@@ -184,6 +227,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     model = TrainModule(pipe, cfg.stage)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     model.to(device)
+    pipe.text_embeddings = pipe.text_embeddings.to(device)  # the pipeline's own sampler (previews) runs on device
     if device.type == "cuda" and weight_dtype != torch.float32:  # frozen weights in half precision
         for name, p in model.named_parameters():
             if not p.requires_grad:
@@ -246,7 +290,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
             shutil.rmtree(old, ignore_errors=True)
         return final
 
-    writer = None
+    writer = preview = None
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -255,6 +299,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
             writer = SummaryWriter(str(out / "tensorboard"))
         except ImportError:
             writer = None
+        if cfg.sample_every:
+            from .preview import Preview
+            preview = Preview(pipe, dataset, out, cfg.stage, cfg.sample_steps, cfg.seed, cfg.flow_delta,
+                              cfg.flow_backend, device)
     log_path = out / "log.csv"
     stop = _Stop()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -277,9 +325,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
                 batch = dataset.batch(range(first, first + B))
                 flow = dataset.flow(batch, core.step.controlnet.config.conditioning_channels // 3,
                                     cfg.flow_delta, cfg.flow_backend, device)
-                gen = _seed_gen(cfg.seed, step, micro, rank)
-                noise = torch.randn((B, F, 4, latent, latent), generator=gen)
-                timesteps = torch.randint(0, core.num_train_timesteps, (B,), generator=gen)
+                noise, timesteps = _noise(cfg.seed, range(first, first + B), (F, 4, latent, latent),
+                                          core.num_train_timesteps)
                 with accelerator.autocast():
                     loss = model(batch["source"].to(device), batch["target"].to(device), flow,
                                  noise.to(device), timesteps.to(device))
@@ -291,6 +338,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
                 else:
                     accelerator.backward(loss / cfg.grad_accum)
                 total += float(loss.detach()) / cfg.grad_accum
+            if world > 1:  # log the loss of the whole global batch, as one process with it would
+                total = float(accelerator.reduce(torch.tensor(total, device=device), "mean"))
             if cfg.max_grad_norm > 0:
                 accelerator.clip_grad_norm_([params[n] for n in names], cfg.max_grad_norm)
             optimizer.step()
@@ -318,6 +367,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{total:.4f}")
+            if preview is not None and step % cfg.sample_every == 0:
+                preview.write(step, model, accelerator, writer)
             if on_step is not None:
                 on_step(step, total)
             if step % cfg.checkpoint_every == 0:
