@@ -8,8 +8,10 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl diffusers==0.42.1 importlib_metadata==8.7.0 mediapipe==0.10.21 "protobuf>=4.25,<5" \
 #     absl-py flatbuffers fastapi starlette uvicorn websockets h11 anyio sniffio click \
-#     pydantic pydantic-core annotated-types typing-inspection
-# (opencv, numpy, Pillow, av, torch are expected in that machine's image; the script says what is missing.)
+#     pydantic pydantic-core annotated-types typing-inspection annotated-doc opentelemetry-api \
+#     typing-extensions attrs
+# (45 MB, checked 2026-11-27. opencv, numpy < 2 (MediaPipe 0.10.21 needs it), Pillow, av and torch are
+# expected in that machine's image; the script prints what fails to import.)
 # Then: run(command="bash bench/gpu_stream.sh", carry=[".whl"], timeout_s=480).
 set -u
 cd "$(dirname "$0")/.."
