@@ -199,6 +199,33 @@ struct FlowPixelArgs {
   int kind;
 };
 
+// The arguments of batch element b, from the batched buffers both backends hold: nodes (B, M, 2)
+// node halves, tris (B, F, kTriStride), vt/vs (B, V, 3), zbuf (B, H, W), out (B, 3N, H, W).
+FGP_HD FlowPixelArgs flow_args(int64_t b, const BVHNode* nodes, int64_t M, const float* tris, const float* vt,
+                               const float* vs, int64_t V, const int* faces, int64_t F, const uint64_t* zbuf,
+                               bool uniform, const float* near, const float* far, float delta, int N, int H,
+                               int W, void* out, int kind) {
+  const int64_t HW = static_cast<int64_t>(H) * W;
+  const int64_t elem = kind == kOutF64 ? 8 : (kind == kOutF32 ? 4 : 2);
+  FlowPixelArgs A;
+  A.nodes = nodes + b * M * 2;
+  A.tris = tris + b * F * kTriStride;
+  A.vt = vt + b * V * 3;
+  A.vs = vs + b * V * 3;
+  A.faces = faces;
+  A.zbuf = uniform ? nullptr : zbuf + b * HW;
+  A.near = near[b];
+  A.far = far[b];
+  A.delta = delta;
+  A.N = N;
+  A.H = H;
+  A.W = W;
+  A.F = static_cast<int>(F);
+  A.out = static_cast<char*>(out) + b * 3 * N * HW * elem;
+  A.kind = kind;
+  return A;
+}
+
 // The N samples of pixel (x, y): sample depths, nearest triangle (seeded with the rendered face,
 // the previous sample's face and `left` = the neighbour pixel's faces per sample, when given),
 // field, rotate into the camera frame, store. `left` (N ints or null) is updated in place.

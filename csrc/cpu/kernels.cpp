@@ -127,8 +127,6 @@ void flow_encode(const float* vt, const float* vs, int64_t B, int64_t V, const i
                  int64_t M, const float* tris, int N, float delta, bool uniform, int H, int W,
                  uint64_t* zbuf, void* out, int kind) {
   if (!uniform) raster_zbuf(vt, B, V, faces, F, cams, H, W, zbuf);
-  const int64_t HW = static_cast<int64_t>(H) * W;
-  const int64_t elem = kind == kOutF64 ? 8 : (kind == kOutF32 ? 4 : 2);
   // One task per row: a thread walks the row left to right, seeding every sample's query with
   // the left neighbour's answer for the same sample (neighbouring pixels share triangles).
 #pragma omp parallel
@@ -138,22 +136,8 @@ void flow_encode(const float* vt, const float* vs, int64_t B, int64_t V, const i
     for (int64_t r = 0; r < B * H; ++r) {
       const int64_t b = r / H;
       const int y = static_cast<int>(r % H);
-      FlowPixelArgs A;
-      A.nodes = nodes + b * M * 2;
-      A.tris = tris + b * F * kTriStride;
-      A.vt = vt + b * V * 3;
-      A.vs = vs + b * V * 3;
-      A.faces = faces;
-      A.zbuf = uniform ? nullptr : zbuf + b * HW;
-      A.near = near[b];
-      A.far = far[b];
-      A.delta = delta;
-      A.N = N;
-      A.H = H;
-      A.W = W;
-      A.F = static_cast<int>(F);
-      A.out = static_cast<char*>(out) + b * 3 * N * HW * elem;
-      A.kind = kind;
+      const FlowPixelArgs A = flow_args(b, nodes, M, tris, vt, vs, V, faces, F, zbuf, uniform, near, far, delta,
+                                        N, H, W, out, kind);
       std::fill(left.begin(), left.end(), -1);
       for (int x = 0; x < W; ++x) flow_pixel(A, cams[b], x, y, left.data());
     }

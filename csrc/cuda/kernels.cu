@@ -175,24 +175,9 @@ __global__ void flow_kernel(const float* __restrict__ vt, const float* __restric
   __syncthreads();  // before any early return: every thread of the block reaches the barrier
   if (x >= W || y >= H) return;
   const CamParams cam = cam_s;
-  const int64_t HW = static_cast<int64_t>(H) * W;
-  const int64_t elem = kind == kOutF64 ? 8 : (kind == kOutF32 ? 4 : 2);
-  FlowPixelArgs A;
-  A.nodes = reinterpret_cast<const BVHNode*>(nodes + b * M * 8);
-  A.tris = tris + b * F * kTriStride;
-  A.vt = vt + b * V * 3;
-  A.vs = vs + b * V * 3;
-  A.faces = faces;
-  A.zbuf = uniform ? nullptr : zbuf + b * HW;
-  A.near = near[b];
-  A.far = far[b];
-  A.delta = delta;
-  A.N = N;
-  A.H = H;
-  A.W = W;
-  A.F = static_cast<int>(F);
-  A.out = static_cast<char*>(out) + b * 3 * N * HW * elem;
-  A.kind = kind;
+  // nodes: (B, M, 2) 16-byte node halves, 8 floats per node
+  const FlowPixelArgs A = flow_args(b, reinterpret_cast<const BVHNode*>(nodes), M, tris, vt, vs, V, faces, F, zbuf,
+                                    uniform, near, far, delta, N, H, W, out, kind);
   flow_pixel(A, cam, x, y, nullptr);
 }
 
