@@ -12,12 +12,7 @@
 # bench/gpu_check.sh first in the same call to time it with the CUDA extension.
 set -u
 cd "$(dirname "$0")/.."
-LOG="${OUT:-$PWD/gpu_diffusion_logs}"
-mkdir -p "$LOG"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed (carry .whl)"; exit 1; }
-export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$LOG/gpu.txt"
+. bench/gpu_wheels.sh gpu_diffusion
 python3 -c "import torch, diffusers; print(torch.__version__, torch.version.cuda, diffusers.__version__)" | tee -a "$LOG/gpu.txt"
 status=0
 timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_models.py tests/test_pipeline.py tests/test_export.py \

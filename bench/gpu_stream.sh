@@ -15,12 +15,7 @@
 # Then: run(command="bash bench/gpu_stream.sh", carry=[".whl"], timeout_s=480).
 set -u
 cd "$(dirname "$0")/.."
-LOG="${OUT:-$PWD/gpu_stream_logs}"
-mkdir -p "$LOG"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed (carry .whl)"; exit 1; }
-export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$LOG/gpu.txt"
+. bench/gpu_wheels.sh gpu_stream
 python3 -c "import torch, diffusers, fastapi, uvicorn, websockets, mediapipe, cv2
 print(torch.__version__, torch.version.cuda, diffusers.__version__, mediapipe.__version__)" 2>&1 | tee -a "$LOG/gpu.txt"
 status=0

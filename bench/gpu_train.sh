@@ -9,12 +9,7 @@
 # Then: run(command="bash bench/gpu_train.sh", carry=[".whl"], timeout_s=480).
 set -u
 cd "$(dirname "$0")/.."
-LOG="${OUT:-$PWD/gpu_train_logs}"
-mkdir -p "$LOG"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed (carry .whl)"; exit 1; }
-export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$LOG/gpu.txt"
+. bench/gpu_wheels.sh gpu_train
 python3 -c "import torch, diffusers, accelerate; print(torch.__version__, diffusers.__version__, accelerate.__version__)" \
   | tee -a "$LOG/gpu.txt"
 status=0
