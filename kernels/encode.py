@@ -146,6 +146,20 @@ def _load_tri(v_ptr, faces_ptr, f, vbase, mask):
 
 
 @triton.jit
+def _tile_pixels(pid_t, b64, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """Tile ``pid_t`` of a row-major grid of TILE_H x TILE_W tiles: its column and row (tx, ty), each
+    lane's pixel row and column, whether it is inside the image, and its flat (b, y, x) index."""
+    tiles_w = (W + TILE_W - 1) // TILE_W
+    ty = pid_t // tiles_w
+    tx = pid_t % tiles_w
+    i = tl.arange(0, TILE_H * TILE_W)
+    y = ty * TILE_H + i // TILE_W
+    x = tx * TILE_W + i % TILE_W
+    valid = (y < H) & (x < W)
+    return tx, ty, y, x, valid, (b64 * H + y) * W + x
+
+
+@triton.jit
 def flow_encode_kernel(
     out_ptr,                      # (B, 3N, H, W) any float dtype, written once per element
     psrc_ptr, fid_ptr, off_ptr,   # aux (B, N, H, W, 3) f32, (B, N, H, W) i32, (B, N, H, W) f32
@@ -158,19 +172,11 @@ def flow_encode_kernel(
     UNIFORM: tl.constexpr, WRITE_AUX: tl.constexpr, C: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, CS: tl.constexpr,
 ):
-    BLOCK: tl.constexpr = TILE_H * TILE_W
     pid_t = tl.program_id(0)
     n = tl.program_id(1)
     b = tl.program_id(2)
-    tiles_w = (W + TILE_W - 1) // TILE_W
-    ty = pid_t // tiles_w
-    tx = pid_t % tiles_w
-    i = tl.arange(0, BLOCK)
-    y = ty * TILE_H + i // TILE_W
-    x = tx * TILE_W + i % TILE_W
-    valid = (y < H) & (x < W)
     b64 = b.to(tl.int64)
-    pix = (b64 * H + y) * W + x
+    _, _, y, x, valid, pix = _tile_pixels(pid_t, b64, H, W, TILE_H, TILE_W)
 
     # ---- the sample: depth along the pixel ray (DESIGN.md step 2), camera frame
     d_ras = tl.load(depth_ptr + pix, mask=valid, other=0.0)
@@ -366,15 +372,8 @@ def rasterize_kernel(
     BLOCK: tl.constexpr = TILE_H * TILE_W
     pid_t = tl.program_id(0)
     b = tl.program_id(1)
-    tiles_w = (W + TILE_W - 1) // TILE_W
-    ty = pid_t // tiles_w
-    tx = pid_t % tiles_w
-    i = tl.arange(0, BLOCK)
-    y = ty * TILE_H + i // TILE_W
-    x = tx * TILE_W + i % TILE_W
-    valid = (y < H) & (x < W)
     b64 = b.to(tl.int64)
-    pix = (b64 * H + y) * W + x
+    tx, ty, y, x, valid, pix = _tile_pixels(pid_t, b64, H, W, TILE_H, TILE_W)
     dty = ctri_ptr.dtype.element_ty
     cx = x.to(dty) + 0.5
     cy = y.to(dty) + 0.5
