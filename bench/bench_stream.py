@@ -42,7 +42,7 @@ class ServerProcess:
     def __init__(self, size: int, extra=(), timeout: float = 300.0):
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}/ws"
-        cmd = [sys.executable, "-m", "fgp_fast.commands.serve", "--port", str(self.port), "--size", str(size), *extra]
+        cmd = [sys.executable, "-m", "fgp_fast.cli", "serve", "--port", str(self.port), "--size", str(size), *extra]
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

@@ -285,13 +285,13 @@ def test_fgp_stream_errors(server, tmp_path):
 
 
 def test_fgp_serve_argument_errors(tmp_path, capsys):
-    from fgp_fast.commands.serve import main
+    from fgp_fast.cli import main
 
-    assert main(["--host", "0.0.0.0"]) == 2
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "--token" in capsys.readouterr().err
-    assert main(["--renderer", "diffusion"]) == 2
+    assert main(["serve", "--renderer", "diffusion"]) == 2
     assert "--weights" in capsys.readouterr().err
-    assert main(["--renderer", "diffusion", "--weights", str(tmp_path / "none")]) == 2
+    assert main(["serve", "--renderer", "diffusion", "--weights", str(tmp_path / "none")]) == 2
     assert "not a directory" in capsys.readouterr().err
 
 

@@ -24,7 +24,6 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.prepare import prepare
-    from ..landmarks import MediaPipeMissingError
 
     if args.size < 8 or args.size % 8:
         raise CLIError(f"--size must be a positive multiple of 8, got {args.size}")
@@ -34,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
         report = prepare(args.videos, args.out, size=args.size, min_frames=args.min_frames,
                          max_frames=args.max_frames, margin=args.margin, fit_steps=args.fit_steps)
     except FileNotFoundError as exc:
-        raise CLIError(str(exc)) from None
-    except MediaPipeMissingError as exc:
         raise CLIError(str(exc)) from None
     print(f"{len(report.prepared)} clip(s) prepared, {len(report.reused)} already done, "
           f"{len(report.skipped)} skipped -> {args.out}/manifest.json")

@@ -61,18 +61,3 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws_max_size=TRANSPORT_MAX)
     return 0
 
-
-def main(argv=None) -> int:
-    """Run ``fgp serve`` without the top-level CLI (scripts, the benchmark's server process)."""
-    parser = argparse.ArgumentParser(prog="fgp")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(argv or [])])
-    try:
-        return args.run(args)
-    except CLIError as exc:
-        print(f"fgp serve: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -46,6 +46,11 @@ class FitSettings:
 _ACCEL = {"rotation": math.radians(0.6), "translation": 0.002, "expression": 0.06}
 
 
+def _face_size(obs: torch.Tensor) -> torch.Tensor:
+    """(T,) face size s of the energy: the diagonal of each frame's landmark box, in pixels."""
+    return (obs.amax(1) - obs.amin(1)).norm(dim=-1).clamp(min=1.0)
+
+
 class Fitter:
     """Fits a head model to (T, L, 2) pixel landmarks of images of one size."""
 
@@ -94,8 +99,7 @@ class Fitter:
     def _optimise(self, state, obs, size, free, steps, anchor=None):
         f0 = self.prior_focal(*size)
         fit_focal = "log_focal" in free
-        extent = obs.amax(1) - obs.amin(1)
-        scale = extent.norm(dim=-1).clamp(min=1.0)
+        scale = _face_size(obs)
         state = {k: v.detach().requires_grad_(k in free) for k, v in state.items()}
         if not steps:
             return {k: v.detach() for k, v in state.items()}
@@ -153,7 +157,7 @@ class Fitter:
             fresh = self._initial(obs, size, state["shape"], state["log_focal"])
             state.update(translation=fresh["translation"], rotation=fresh["rotation"])
         E = self.model.n_expression
-        scale = (obs.amax(1) - obs.amin(1)).norm(dim=-1).clamp(min=1.0)
+        scale = _face_size(obs)
         # d/dx of lambda sum(psi), halved like J^T r is (the energy is |r|^2 + lambda sum(psi)).
         prior = torch.cat([torch.zeros(6), torch.full((E,), 0.5 * self.settings.expression_prior)])
 
