@@ -95,11 +95,11 @@ class _Server:
         return want is None or (token is not None and hmac.compare_digest(token.encode(), want.encode()))
 
     def default_portrait(self):
+        from ..commands.animate import Portrait
         from ..commands.demo import astronaut_portrait
-        from .session import build_portrait
 
         image, _ = astronaut_portrait(self.config.size)
-        return build_portrait(image, "the astronaut", self.config.diffusion)
+        return Portrait(image, "the astronaut", diffusion=self.config.diffusion)  # what `fgp animate` renders
 
 
 def create_app(config: ServerConfig):

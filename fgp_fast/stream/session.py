@@ -16,16 +16,9 @@ import numpy as np
 from ..driving import ANGLES, Edit, Motion, apply_edits, drive
 from .protocol import FORMATS, ProtocolError, decode_image, encode_image
 
-__all__ = ["Session", "build_portrait", "parse_live_edits"]
+__all__ = ["Session", "parse_live_edits"]
 
 MAX_ANGLE_EDIT = 45.0  # degrees either way; more tears the warp apart
-
-
-def build_portrait(image: np.ndarray, name: str, diffusion=None):
-    """The portrait (fit + renderer) of a source image, the same path ``fgp animate`` uses."""
-    from ..commands.animate import Portrait
-
-    return Portrait(image, name, diffusion=diffusion)
 
 
 def parse_live_edits(edits, expression_names: tuple[str, ...]) -> list[Edit]:
@@ -115,13 +108,13 @@ class Session:
 
     def set_source(self, data: bytes, size: int, diffusion=None) -> None:
         """A new portrait from image bytes (seconds: landmarks and a full fit)."""
-        from ..commands.animate import fit_size, resize
+        from ..commands.animate import Portrait, fit_size, resize
         from ..landmarks import NoFaceError
 
         image = decode_image(data)
         image = resize(image, *fit_size(*image.shape[:2], size))
         try:
-            self.portrait = build_portrait(image, "the uploaded source", diffusion)
+            self.portrait = Portrait(image, "the uploaded source", diffusion=diffusion)
         except NoFaceError as exc:
             raise ProtocolError(str(exc)) from None
 
