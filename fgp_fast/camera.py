@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from .errors import InputError, InputTypeError
 
 
 @dataclass
@@ -23,22 +24,22 @@ class Camera:
 
     def __post_init__(self):
         if not isinstance(self.K, Tensor) or not isinstance(self.world_to_cam, Tensor):
-            raise TypeError("Camera.K and Camera.world_to_cam must be torch tensors")
+            raise InputTypeError("Camera.K and Camera.world_to_cam must be torch tensors")
         if self.K.shape[-2:] != (3, 3) or self.K.dim() not in (2, 3):
-            raise ValueError(f"Camera.K must be (3, 3) or (B, 3, 3), got {tuple(self.K.shape)}")
+            raise InputError(f"Camera.K must be (3, 3) or (B, 3, 3), got {tuple(self.K.shape)}")
         if self.world_to_cam.shape[-2:] != (4, 4) or self.world_to_cam.dim() not in (2, 3):
-            raise ValueError(
+            raise InputError(
                 f"Camera.world_to_cam must be (4, 4) or (B, 4, 4), got {tuple(self.world_to_cam.shape)}")
         if not self.K.is_floating_point() or not self.world_to_cam.is_floating_point():
-            raise TypeError("Camera.K and Camera.world_to_cam must be floating point")
+            raise InputTypeError("Camera.K and Camera.world_to_cam must be floating point")
         if self.K.device != self.world_to_cam.device:
-            raise ValueError("Camera.K and Camera.world_to_cam are on different devices")
+            raise InputError("Camera.K and Camera.world_to_cam are on different devices")
         for name in ("height", "width"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Camera.{name} must be a positive int, got {value!r}")
+                raise InputError(f"Camera.{name} must be a positive int, got {value!r}")
         if not (torch.isfinite(self.K).all() and torch.isfinite(self.world_to_cam).all()):
-            raise ValueError("Camera.K or Camera.world_to_cam holds NaN or Inf")
+            raise InputError("Camera.K or Camera.world_to_cam holds NaN or Inf")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -46,7 +47,7 @@ class Camera:
                  dtype=torch.float32, device=None) -> "Camera":
         """Square-pixel camera with the principal point at the image centre."""
         if not 0.0 < fov_y_deg < 180.0:
-            raise ValueError(f"fov_y_deg must be in (0, 180), got {fov_y_deg}")
+            raise InputError(f"fov_y_deg must be in (0, 180), got {fov_y_deg}")
         f = 0.5 * height / math.tan(math.radians(fov_y_deg) / 2)
         K = torch.tensor([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]],
                          dtype=dtype, device=device)
@@ -66,7 +67,7 @@ class Camera:
         if verts.dim() == 3:
             verts = verts[0]
         if verts.dim() != 2 or verts.shape[-1] != 3 or verts.shape[0] == 0:
-            raise ValueError(f"frame_head needs verts of shape (V, 3) with V > 0, got {tuple(verts.shape)}")
+            raise InputError(f"frame_head needs verts of shape (V, 3) with V > 0, got {tuple(verts.shape)}")
         width = height if width is None else width
         v = verts.detach()
         lo, hi = v.amin(0), v.amax(0)
@@ -117,7 +118,7 @@ class Camera:
         """(B, 3, 3) intrinsics and (B, 4, 4) extrinsics for a batch of ``batch``."""
         own = self.batch_size
         if own is not None and own != batch:
-            raise ValueError(f"camera has batch size {own} but the meshes have {batch}")
+            raise InputError(f"camera has batch size {own} but the meshes have {batch}")
         K = self.K if self.K.dim() == 3 else self.K.expand(batch, 3, 3)
         w2c = self.world_to_cam if self.world_to_cam.dim() == 3 else self.world_to_cam.expand(batch, 4, 4)
         return K, w2c

@@ -1,12 +1,18 @@
-"""The ``fgp`` command line. Each subcommand lives in its own function; errors exit non-zero."""
+"""The ``fgp`` command line. Each subcommand lives in its own function; errors exit non-zero.
+
+An :class:`~fgp_fast.errors.FGPError` or an ``OSError`` is printed as one line; any other exception
+is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .errors import FGPError
 
-class CLIError(Exception):
-    """A user-facing error: printed without a traceback, exit code 2."""
+
+class CLIError(FGPError):
+    """A bad command line: printed without a traceback, exit code 2."""
 
 
 # Subcommand modules in fgp_fast.commands; each has add_parser(subparsers) that sets ``run``.
@@ -24,18 +30,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .landmarks import MediaPipeMissingError
+    from .errors import MissingDependencyError
 
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
-    except (CLIError, MediaPipeMissingError) as exc:  # a missing MediaPipe is a setup problem: say how to fix it
+    except (CLIError, MissingDependencyError) as exc:  # a usage or setup problem: say how to fix it
         print(f"fgp {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, FileNotFoundError, PermissionError, RuntimeError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"fgp {args.command}: error: {msg}", file=sys.stderr)
+    except (FGPError, OSError) as exc:
+        print(f"fgp {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
 

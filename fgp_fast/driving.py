@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .heads import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle, matrix_to_euler
+from .errors import InputError
 
 __all__ = ["Edit", "Motion", "ANGLES", "MODES", "apply_edits", "drive", "load_script", "parse_edits"]
 
@@ -59,18 +60,18 @@ def parse_edits(items: list[str], expression_names: tuple[str, ...]) -> list[Edi
         name, sep, text = item.partition("=")
         name, text = name.strip(), text.strip()
         if not sep or not name or not text:
-            raise ValueError(f"an edit is NAME=VALUE, NAME=+VALUE or NAME=-VALUE, got {item!r}")
+            raise InputError(f"an edit is NAME=VALUE, NAME=+VALUE or NAME=-VALUE, got {item!r}")
         if name not in expression_names and name not in ANGLES:
-            raise ValueError(f"unknown edit {name!r}; valid names: {', '.join(ANGLES + expression_names)}")
+            raise InputError(f"unknown edit {name!r}; valid names: {', '.join(ANGLES + expression_names)}")
         relative = text[0] in "+-"
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(f"edit {name} needs a number, got {text!r}") from None
+            raise InputError(f"edit {name} needs a number, got {text!r}") from None
         if not math.isfinite(value):
-            raise ValueError(f"edit {name} needs a finite number, got {text!r}")
+            raise InputError(f"edit {name} needs a finite number, got {text!r}")
         if name in ANGLES and abs(value) > MAX_ANGLE:
-            raise ValueError(f"edit {name} must be within [-{MAX_ANGLE:g}, {MAX_ANGLE:g}] degrees, got {value:g}")
+            raise InputError(f"edit {name} must be within [-{MAX_ANGLE:g}, {MAX_ANGLE:g}] degrees, got {value:g}")
         if name not in ANGLES and not relative:
             value = _clip_expression(name, value)
         out.append(Edit(name, value, relative))
@@ -107,7 +108,7 @@ def drive(source: Motion, driver: Motion, mode: str) -> Motion:
     if mode == "absolute":
         return Motion(driver.rotation.copy(), driver.expression.copy())
     if mode != "relative":
-        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+        raise InputError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     R_drv = axis_angle_to_matrix(torch.from_numpy(np.asarray(driver.rotation, np.float64)))
     R_src = axis_angle_to_matrix(torch.from_numpy(np.asarray(source.rotation[:1], np.float64)))
     R = R_drv @ R_drv[:1].transpose(-1, -2) @ R_src  # the driver's change since frame 0, then the source pose
@@ -129,9 +130,9 @@ def _read_script(path: Path) -> dict:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # json and yaml raise their own error types
-        raise ValueError(f"cannot parse script {path}: {exc}") from None
+        raise InputError(f"cannot parse script {path}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("keyframes"), list) or not data["keyframes"]:
-        raise ValueError(f"script {path} needs a non-empty 'keyframes' list (see `fgp animate --help`)")
+        raise InputError(f"script {path} needs a non-empty 'keyframes' list (see `fgp animate --help`)")
     return data
 
 
@@ -142,23 +143,23 @@ def script_motion(data: dict, source: Motion, expression_names: tuple[str, ...],
     channels a keyframe does not list are at rest (0). Eased (smoothstep) between keyframes."""
     fps = float(data.get("fps", 25))
     if not 1 <= fps <= 240:
-        raise ValueError(f"{name}: fps must be in [1, 240], got {fps:g}")
+        raise InputError(f"{name}: fps must be in [1, 240], got {fps:g}")
     keys = sorted(data["keyframes"], key=lambda k: float(k.get("t", 0)) if isinstance(k, dict) else 0)
     channels = ANGLES + expression_names
     table = np.zeros((len(keys), len(channels)))
     times = np.zeros(len(keys))
     for i, k in enumerate(keys):
         if not isinstance(k, dict) or "t" not in k:
-            raise ValueError(f"{name}: every keyframe is a mapping with a time 't' in seconds, got {k!r}")
+            raise InputError(f"{name}: every keyframe is a mapping with a time 't' in seconds, got {k!r}")
         times[i] = float(k["t"])
         for ch, v in k.items():
             if ch == "t":
                 continue
             if ch not in channels:
-                raise ValueError(f"{name}: unknown channel {ch!r}; valid names: {', '.join(channels)}")
+                raise InputError(f"{name}: unknown channel {ch!r}; valid names: {', '.join(channels)}")
             table[i, channels.index(ch)] = float(v)
     if times[0] < 0:
-        raise ValueError(f"{name}: keyframe times must be >= 0")
+        raise InputError(f"{name}: keyframe times must be >= 0")
     t = np.arange(int(round(times[-1] * fps)) + 1) / fps
     j = np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(keys) - 1)
     j1 = np.minimum(j + 1, len(keys) - 1)

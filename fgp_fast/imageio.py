@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from .errors import InputError
 
 # A perceptually ordered ramp (dark blue -> teal -> yellow), anchors of viridis.
 _RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
@@ -36,7 +37,7 @@ def save_png(image: Tensor, path: str | os.PathLike) -> Path:
     if image.dim() == 4 and image.shape[0] == 1:
         image = image[0]
     if image.dim() != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"save_png needs a (C, H, W) image with C = 1 or 3, got {tuple(image.shape)}")
+        raise InputError(f"save_png needs a (C, H, W) image with C = 1 or 3, got {tuple(image.shape)}")
     array = (image.detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
     array = array.permute(1, 2, 0).numpy()
     path = Path(path)
@@ -56,5 +57,5 @@ def load_image(path: str | os.PathLike) -> Tensor:
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
+        raise InputError(f"cannot read image {path}: {exc}") from None
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()

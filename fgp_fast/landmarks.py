@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from .errors import InputError, MissingDependencyError, NoFaceError
 
 __all__ = ["FaceLandmarker", "MediaPipeMissingError", "NoFaceError", "N_LANDMARKS", "detect_image"]
 
@@ -16,12 +17,8 @@ INSTALL_HINT = ("pip install -r requirements-mediapipe.txt && "
                 "pip install --no-deps mediapipe==0.10.21  (x86-64, Python < 3.13)")
 
 
-class MediaPipeMissingError(ImportError):
+class MediaPipeMissingError(MissingDependencyError):
     """mediapipe is not installed (or not importable here)."""
-
-
-class NoFaceError(ValueError):
-    """No face (or not the requested one) was found in an image."""
 
 
 def _face_mesh_module():
@@ -50,7 +47,7 @@ class FaceLandmarker:
     def faces(self, image: np.ndarray) -> list[np.ndarray]:
         """Every face in an (H, W, 3) uint8 RGB image, largest first, each (478, 2) float32 pixels."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+            raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
         H, W = image.shape[:2]
         result = self._mesh.process(np.ascontiguousarray(image))
         out = []
@@ -78,7 +75,7 @@ class FaceLandmarker:
 def detect_image(image: np.ndarray, name: str, face_index: int = 0) -> np.ndarray:
     """Landmarks of one still image; ``name`` (its file) is quoted in the error when no face is found."""
     if face_index < 0:
-        raise ValueError(f"face index must be >= 0, got {face_index}")
+        raise InputError(f"face index must be >= 0, got {face_index}")
     with FaceLandmarker(video=False) as lm:
         found = lm.faces(image)
     if not found:

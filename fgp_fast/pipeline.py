@@ -24,6 +24,7 @@ from .models import (AppearanceNet, CudaGraphStep, FusedStep, add_temporal_layer
                      load_appearance_weights, load_sd15, make_flow_controlnet, sd15_unet_config, tiny_taesd_config,
                      tiny_unet_config, tiny_vae_config)
 from .models.config import sd15_vae_config
+from .errors import InputError, MissingDependencyError
 
 __all__ = ["FGPortraitPipeline", "PipelineConfig", "SCHEDULERS"]
 
@@ -48,7 +49,7 @@ class PipelineConfig:
 
 def _make_scheduler(name: str, schedule: dict | None = None):
     if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
+        raise InputError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
     config = dict(SD15_SCHEDULE if schedule is None else schedule)
     return SCHEDULERS[name].from_config(config)
 
@@ -75,10 +76,10 @@ class FGPortraitPipeline:
                  motion_unet: UNetMotionModel | None = None):
         self.config = config or PipelineConfig()
         if controlnet.config.conditioning_channels != 3 * self.config.n_samples:
-            raise ValueError(f"the ControlNet takes {controlnet.config.conditioning_channels} channels but "
+            raise InputError(f"the ControlNet takes {controlnet.config.conditioning_channels} channels but "
                              f"n_samples={self.config.n_samples} gives {3 * self.config.n_samples}")
         if text_embeddings.dim() != 3 or text_embeddings.shape[0] != 1:
-            raise ValueError(f"text_embeddings must be (1, L, C), got {tuple(text_embeddings.shape)}")
+            raise InputError(f"text_embeddings must be (1, L, C), got {tuple(text_embeddings.shape)}")
         self.unet, self.controlnet, self.vae, self.vae_tiny = unet, controlnet, vae, vae_tiny
         self.appearance = AppearanceNet(appearance_net)
         self.names = install_reference_read(unet)
@@ -101,7 +102,7 @@ class FGPortraitPipeline:
                seed: int = 0, config: PipelineConfig | None = None) -> "FGPortraitPipeline":
         """Random weights at ``size`` "tiny" (tests) or "sd15" (latency: it does not depend on weights)."""
         if size not in ("tiny", "sd15"):
-            raise ValueError(f"size must be 'tiny' or 'sd15', got {size!r}")
+            raise InputError(f"size must be 'tiny' or 'sd15', got {size!r}")
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**(tiny_unet_config() if size == "tiny" else sd15_unet_config()))
         vae = AutoencoderKL(**(tiny_vae_config() if size == "tiny" else sd15_vae_config()))
@@ -236,7 +237,7 @@ class FGPortraitPipeline:
         """Latents -> images in [0, 1]; the AutoencoderTiny decoder when present (unless ``tiny=False``)."""
         vae = self.vae_tiny if (tiny is not False and self.vae_tiny is not None) else self.vae
         if tiny and self.vae_tiny is None:
-            raise ValueError("no tiny decoder (vae_tiny) in this pipeline")
+            raise InputError("no tiny decoder (vae_tiny) in this pipeline")
         image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
         return ((image.float() + 1) / 2).clamp(0, 1)
 
@@ -245,7 +246,7 @@ class FGPortraitPipeline:
         """Cache the source portrait's latents and appearance bank: image (1, 3, H, W) in [0, 1], H and W
         multiples of 8."""
         if image.dim() != 4 or image.shape[:2] != (1, 3) or image.shape[-1] % 8 or image.shape[-2] % 8:
-            raise ValueError(f"source image must be (1, 3, H, W) with H, W multiples of 8, got {tuple(image.shape)}")
+            raise InputError(f"source image must be (1, 3, H, W) with H, W multiples of 8, got {tuple(image.shape)}")
         latents = self.encode_image(image)
         self.identity = (latents, self.appearance(latents, self.text_embeddings))
 
@@ -255,7 +256,7 @@ class FGPortraitPipeline:
             raise RuntimeError("call set_source(image) before rendering")
         size = tuple(8 * s for s in self.identity[0].shape[-2:])
         if flow.dim() != 4 or tuple(flow.shape[-2:]) != size or flow.shape[1] != 3 * self.config.n_samples:
-            raise ValueError(f"flow must be (B, {3 * self.config.n_samples}, {size[0]}, {size[1]}) "
+            raise InputError(f"flow must be (B, {3 * self.config.n_samples}, {size[0]}, {size[1]}) "
                              f"(3N channels for n_samples={self.config.n_samples}, the source's size), "
                              f"got {tuple(flow.shape)}")
         return (flow * self.config.flow_scale).to(self.device, self.dtype)
@@ -284,9 +285,9 @@ class FGPortraitPipeline:
         flow = self._check_flow(flow)
         steps = self.config.num_steps if num_steps is None else num_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"num_steps must be an int >= 1, got {steps!r}")
+            raise InputError(f"num_steps must be an int >= 1, got {steps!r}")
         if video and self.video_step is None:
-            raise ValueError("video mode needs temporal layers: build the pipeline with temporal=True "
+            raise InputError("video mode needs temporal layers: build the pipeline with temporal=True "
                              "or load weights that include motion_adapter/")
         frames = flow.shape[0]
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -315,7 +316,7 @@ def _text_embeddings(source: Tensor | str | Path) -> Tensor:
         try:
             from transformers import CLIPTextModel, CLIPTokenizer
         except ImportError as exc:
-            raise ImportError("encoding the empty prompt with a CLIP text encoder needs transformers") from exc
+            raise MissingDependencyError("encoding the empty prompt with a CLIP text encoder needs transformers") from exc
         root = path if (path / "config.json").is_file() else path / "text_encoder"
         tokenizer_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else root
         tokens = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)(

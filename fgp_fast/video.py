@@ -6,6 +6,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from .errors import InputError, MissingDependencyError
 
 __all__ = ["VideoWriter", "read_video", "DEFAULT_FPS"]
 
@@ -16,7 +17,7 @@ def _av():
     try:
         import av
     except ImportError:
-        raise ImportError("video needs PyAV: pip install av") from None
+        raise MissingDependencyError("video needs PyAV: pip install av") from None
     return av
 
 
@@ -29,14 +30,14 @@ def read_video(path: str | os.PathLike) -> tuple[list[np.ndarray], float]:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ValueError(f"{path} has no video stream")
+                raise InputError(f"{path} has no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     except av.FFmpegError as exc:
-        raise ValueError(f"cannot read video {path}: {exc}") from None
+        raise InputError(f"cannot read video {path}: {exc}") from None
     if not frames:
-        raise ValueError(f"video {path} has no frames")
+        raise InputError(f"video {path} has no frames")
     return frames, float(rate) if rate else DEFAULT_FPS
 
 
@@ -50,10 +51,10 @@ class VideoWriter:
     def __init__(self, path: str | os.PathLike, fps: float, width: int, height: int, crf: int = 20):
         av = _av()
         if width % 2 or height % 2:
-            raise ValueError(f"H.264 needs an even frame size, got {width}x{height}")
+            raise InputError(f"H.264 needs an even frame size, got {width}x{height}")
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
-            raise ValueError(f"output must be an .mp4 file, got {self.path}")
+            raise InputError(f"output must be an .mp4 file, got {self.path}")
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"output directory does not exist: {self.path.parent}")
         self._tmp = self.path.with_name(f".{self.path.stem}.tmp{os.getpid()}.mp4")
@@ -78,7 +79,7 @@ class VideoWriter:
     def close(self) -> Path:
         if not self.frames:
             self.abort()
-            raise ValueError(f"no frames to write to {self.path}")
+            raise InputError(f"no frames to write to {self.path}")
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()

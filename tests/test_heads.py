@@ -75,7 +75,7 @@ def test_ict_jaw_open_moves_chin_down(ict):
 
 def test_with_expression_errors(ict):
     p = ict.neutral_params(2)
-    with pytest.raises(KeyError, match="jawOpen.*mouthSmile_L"):
+    with pytest.raises(ValueError, match="jawOpen.*mouthSmile_L"):
         p.with_expression(jawOpenn=1.0)
     q = p.with_expression(jawOpen=torch.tensor([0.2, 0.4]))
     assert q.expression[:, ict.expression_names.index("jawOpen")].tolist() == pytest.approx([0.2, 0.4])

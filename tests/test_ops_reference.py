@@ -329,8 +329,8 @@ def _bad_cases():
         (dict(faces=f.float()), TypeError, "int32 or int64"),
         (dict(faces=f[:, :2]), ValueError, r"\(F, 3\)"),
         (dict(faces=f[:0]), ValueError, "empty"),
-        (dict(faces=f.clone().index_fill_(0, torch.tensor([0]), v_tgt.shape[1])), IndexError, "vertices"),
-        (dict(faces=f - 1), IndexError, "vertices"),
+        (dict(faces=f.clone().index_fill_(0, torch.tensor([0]), v_tgt.shape[1])), ValueError, "vertices"),
+        (dict(faces=f - 1), ValueError, "vertices"),
         (dict(verts_tgt=v_tgt[:, :0], verts_src=v_src[:, :0]), ValueError, "empty mesh"),
         (dict(n_samples=0), ValueError, "n_samples"),
         (dict(n_samples=10_000), ValueError, "n_samples"),
@@ -388,5 +388,5 @@ def test_surface_field_and_rasterize_validate():
         ops.surface_field(torch.full((1, 5, 3), float("nan"), dtype=torch.float64), v_tgt, v_src, f)
     with pytest.raises(TypeError, match="points are"):
         ops.surface_field(torch.zeros(1, 5, 3), v_tgt, v_src, f)
-    with pytest.raises(IndexError):
+    with pytest.raises(ValueError, match="faces index vertices"):
         ops.rasterize(v_tgt, f + 1000, cam)

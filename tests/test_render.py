@@ -283,7 +283,7 @@ def test_textured_bad_inputs(head, scene):
         render_textured(verts, f, fuv, uv[:, :1], tex, cam)
     with pytest.raises(ValueError, match="faces_uv must match"):
         render_textured(verts, f, fuv[:10], uv, tex, cam)
-    with pytest.raises(IndexError, match="faces_uv index UVs"):
+    with pytest.raises(ValueError, match="faces_uv index UVs"):
         render_textured(verts, f, fuv, uv[:100], tex, cam)
     with pytest.raises(TypeError, match="faces_uv must be int"):
         render_textured(verts, f, fuv.float(), uv, tex, cam)

@@ -245,7 +245,7 @@ def _bad_cases(vt, vs, faces, cam):
     return [
         (ValueError, dict(verts_tgt=nan)),
         (ValueError, dict(verts_src=vs[:, :-1])),
-        (IndexError, dict(faces=faces + vt.shape[1])),
+        (ValueError, dict(faces=faces + vt.shape[1])),
         (TypeError, dict(faces=faces.float())),
         (ValueError, dict(n_samples=0)),
         (ValueError, dict(delta=-0.01)),

@@ -14,11 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import DataError
+
 __all__ = ["ClipDataset", "DataError"]
-
-
-class DataError(ValueError):
-    """The dataset directory is missing, incomplete or inconsistent."""
 
 
 class ClipDataset:

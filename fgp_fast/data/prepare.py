@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from ..errors import InputError
 
 __all__ = ["VIDEO_EXTENSIONS", "PrepareReport", "prepare"]
 
@@ -59,15 +60,15 @@ def _prepare_clip(video: Path, out: Path, size: int, min_frames: int, max_frames
     frames, fps = read_video(video)  # ValueError on a corrupt file
     frames = frames[:max_frames] if max_frames else frames
     if len(frames) < min_frames:
-        raise ValueError(f"too short: {len(frames)} frames < {min_frames}")
+        raise InputError(f"too short: {len(frames)} frames < {min_frames}")
     H, W = frames[0].shape[:2]
     with FaceLandmarker(video=True) as lm:
         found = [lm.face(f) for f in frames]
     tracked = np.array([f is not None for f in found])
     if not tracked.any():
-        raise ValueError("no face found")
+        raise InputError("no face found")
     if tracked.mean() < min_tracked:
-        raise ValueError(f"face found in only {tracked.sum()} of {len(frames)} frames")
+        raise InputError(f"face found in only {tracked.sum()} of {len(frames)} frames")
     obs = np.stack([f if f is not None else np.zeros_like(found[int(np.argmax(tracked))]) for f in found])
     x0, y0, side = _crop_box(obs[tracked], H, W, margin)
     crops = np.stack([_resize(f[y0:y0 + side, x0:x0 + side], size) for f in frames])
@@ -98,7 +99,7 @@ def prepare(videos: str | os.PathLike, out: str | os.PathLike, size: int = 512, 
     if not videos.is_dir():
         raise FileNotFoundError(f"video directory not found: {videos}")
     if size % 8:
-        raise ValueError(f"size must be a multiple of 8, got {size}")
+        raise InputError(f"size must be a multiple of 8, got {size}")
     files = sorted(p for p in videos.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
     (out / "clips").mkdir(parents=True, exist_ok=True)
     settings = FitSettings() if fit_steps is None else FitSettings(steps=fit_steps, rigid_steps=min(60, fit_steps))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from ..errors import InputError, MissingDependencyError
 
 __all__ = ["export_fused_step", "fused_step_inputs", "run_onnxruntime"]
 
@@ -16,7 +17,7 @@ def fused_step_inputs(step, latents: Tensor, timestep: Tensor, text: Tensor, flo
     """Input names and tensors of the exported graph, in order."""
     names = ["latents", "timestep", "text", "flow"] + [f"reference_{i}" for i in range(len(reference))]
     if len(reference) != len(step.names):
-        raise ValueError(f"the step takes {len(step.names)} reference tensors, got {len(reference)}")
+        raise InputError(f"the step takes {len(step.names)} reference tensors, got {len(reference)}")
     return names, (latents, timestep, text, flow, *reference)
 
 
@@ -46,7 +47,7 @@ def run_onnxruntime(path: str | Path, inputs: tuple[Tensor, ...], names: list[st
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise ImportError("running ONNX models needs onnxruntime: pip install 'fgp_fast[export]'") from exc
+        raise MissingDependencyError("running ONNX models needs onnxruntime: pip install 'fgp_fast[export]'") from exc
     session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
     accepted = {i.name for i in session.get_inputs()}  # the exporter drops inputs the graph does not use
     feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs) if n in accepted}

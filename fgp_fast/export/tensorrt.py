@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from ..errors import InputError, MissingDependencyError
 
 __all__ = ["TensorRTStep", "build_engine"]
 
@@ -17,7 +18,7 @@ def _tensorrt():
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise ImportError("TensorRT engines need the tensorrt Python package and an NVIDIA GPU: "
+        raise MissingDependencyError("TensorRT engines need the tensorrt Python package and an NVIDIA GPU: "
                           "pip install 'fgp_fast[tensorrt]'") from exc
     return trt
 
@@ -64,7 +65,7 @@ class TensorRTStep:
     def __call__(self, feeds: dict[str, Tensor]) -> Tensor:
         for name in self.inputs:
             if name not in feeds:
-                raise ValueError(f"engine input {name!r} missing")
+                raise InputError(f"engine input {name!r} missing")
             self.context.set_tensor_address(name, feeds[name].contiguous().data_ptr())
         ref = feeds[self.inputs[0]]
         out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), device=ref.device, dtype=ref.dtype)

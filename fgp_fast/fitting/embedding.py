@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..heads import HeadModel
+from ..errors import InputError
 
 __all__ = ["LandmarkModel", "load_embedding", "embedding_path", "fit_weights"]
 
@@ -26,7 +27,7 @@ def load_embedding(path=None) -> tuple[np.ndarray, np.ndarray]:
     except FileNotFoundError:
         raise FileNotFoundError(f"landmark embedding not found: {path}") from None
     except (KeyError, ValueError, OSError) as exc:
-        raise ValueError(f"cannot read landmark embedding {path} (needs landmark_faces and "
+        raise InputError(f"cannot read landmark embedding {path} (needs landmark_faces and "
                          f"landmark_bary arrays): {exc}") from None
 
 
@@ -48,7 +49,7 @@ class LandmarkModel(HeadModel):
     def __init__(self, head: HeadModel, landmark_faces, landmark_bary):
         landmark_faces = np.asarray(landmark_faces, np.int64)
         if landmark_faces.min() < 0 or landmark_faces.max() >= head.num_faces:
-            raise ValueError(f"landmark embedding indexes faces outside the {head.name} model's "
+            raise InputError(f"landmark embedding indexes faces outside the {head.name} model's "
                              f"{head.num_faces} faces")
         f = head._float  # noqa: SLF001 -- the bases as stored, so the sub-model is exact
         corners = head.faces.cpu().numpy()[landmark_faces]

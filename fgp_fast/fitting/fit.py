@@ -19,6 +19,7 @@ import torch
 from ..heads import HeadModel, HeadParams
 from .embedding import LandmarkModel, fit_weights, load_embedding
 from .result import NECK, FitResult
+from ..errors import InputError
 
 __all__ = ["FitSettings", "Fitter", "fit_image", "fit_sequence"]
 
@@ -151,7 +152,7 @@ class Fitter:
         ``reinit`` re-guesses pose and translation first, for a head that was lost for a while.
         """
         if obs.ndim != 3 or obs.shape[0] != 1:
-            raise ValueError(f"refine fits one frame of (1, L, 2) landmarks, got {tuple(obs.shape)}")
+            raise InputError(f"refine fits one frame of (1, L, 2) landmarks, got {tuple(obs.shape)}")
         state = {k: v.detach() for k, v in state.items()}
         if reinit:
             fresh = self._initial(obs, size, state["shape"], state["log_focal"])
@@ -208,9 +209,9 @@ class Fitter:
         T = obs_all.shape[0]
         tracked = np.ones(T, bool) if tracked is None else np.asarray(tracked, bool)
         if obs_all.ndim != 3 or obs_all.shape[1:] != (len(self.weights), 2):
-            raise ValueError(f"landmarks must be (T, {len(self.weights)}, 2), got {tuple(obs_all.shape)}")
+            raise InputError(f"landmarks must be (T, {len(self.weights)}, 2), got {tuple(obs_all.shape)}")
         if not tracked.any():
-            raise ValueError("no frame has a face to fit")
+            raise InputError("no frame has a face to fit")
         size = (height, width)
         obs = obs_all[torch.from_numpy(tracked)]
         threads = torch.get_num_threads()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .result import FitResult
+from ..errors import InputError
 
 __all__ = ["fill_gaps"]
 
@@ -17,7 +18,7 @@ def fill_gaps(fit: FitResult, blend: int = 6) -> tuple[FitResult, int]:
     """
     tracked = np.asarray(fit.tracked, bool)
     if not tracked.any():
-        raise ValueError("no tracked frame to fill from")
+        raise InputError("no tracked frame to fill from")
     idx = np.flatnonzero(tracked)
     arrays = {k: getattr(fit, k).copy() for k in ("expression", "rotation", "translation")}
     for t in np.flatnonzero(~tracked):

@@ -6,6 +6,7 @@ from .flame import FLAMEHead, convert_flame_to_npz
 from .ict import ICTHead
 from .params import HeadParams
 from .rotation import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle, matrix_to_euler
+from ..errors import InputError
 
 __all__ = [
     "HeadModel",
@@ -32,5 +33,5 @@ def load_head_model(name: str, path=None, **kwargs) -> HeadModel:
     try:
         cls = HEAD_MODELS[name.lower()]
     except (KeyError, AttributeError):
-        raise ValueError(f"unknown head model {name!r}; valid names: {', '.join(HEAD_MODELS)}") from None
+        raise InputError(f"unknown head model {name!r}; valid names: {', '.join(HEAD_MODELS)}") from None
     return cls(path, **kwargs)

@@ -7,6 +7,7 @@ import torch
 from .lbs import blend_shapes, pose_features, skin
 from .params import HeadParams, as_device
 from .rotation import axis_angle_to_matrix
+from ..errors import InputError, InputTypeError
 
 __all__ = ["HeadModel"]
 
@@ -47,7 +48,7 @@ class HeadModel:
         self.joint_names = tuple(joint_names)
         self.parents = tuple(int(p) for p in parents)
         if any(not (-1 <= p < j) for j, p in enumerate(self.parents)) or self.parents[0] != -1:
-            raise ValueError(f"joint parents must precede their children, got {self.parents}")
+            raise InputError(f"joint parents must precede their children, got {self.parents}")
         self.expression_names = tuple(expression_names) if expression_names is not None else None
         self.faces = torch.as_tensor(np.asarray(faces, dtype=np.int64))
         self.landmark_faces = (
@@ -118,7 +119,7 @@ class HeadModel:
         """Move the stored buffers (in place; returns self). Compute still follows the params' dtype."""
         dev = as_device(device) if device is not None else None
         if dtype is not None and not dtype.is_floating_point:
-            raise TypeError(f"head model dtype must be floating, got {dtype}")
+            raise InputTypeError(f"head model dtype must be floating, got {dtype}")
         self._float = {k: v.to(device=dev, dtype=dtype) for k, v in self._float.items()}
         self.faces = self.faces.to(device=dev)
         if self.landmark_faces is not None:
@@ -135,7 +136,7 @@ class HeadModel:
     def check_params(self, params: HeadParams) -> None:
         """Raise a clear error when `params` does not fit this model."""
         if not isinstance(params, HeadParams):
-            raise TypeError(f"{type(self).__name__} expects HeadParams, got {type(params).__name__}")
+            raise InputTypeError(f"{type(self).__name__} expects HeadParams, got {type(params).__name__}")
         expected = {
             "shape": self.n_shape,
             "expression": self.n_expression,
@@ -146,12 +147,12 @@ class HeadModel:
             got = getattr(params, field).shape
             if got[1] != width:
                 what = f" (axis-angle for joints {', '.join(self.joint_names)})" if field == "pose" else ""
-                raise ValueError(
+                raise InputError(
                     f"HeadParams.{field} must be (B, {width}) for {self.name}{what}, got {tuple(got)}"
                 )
         names = params.expression_names
         if names is not None and self.expression_names is not None and names != self.expression_names:
-            raise ValueError(f"HeadParams.expression_names do not match the {self.name} model's names")
+            raise InputError(f"HeadParams.expression_names do not match the {self.name} model's names")
 
     # ---------------------------------------------------------------------------------- forward
     def _shaped(self, params: HeadParams) -> torch.Tensor:
@@ -182,9 +183,9 @@ class HeadModel:
     def landmarks(self, vertices: torch.Tensor) -> torch.Tensor:
         """(B, V, 3) vertices -> (B, L, 3) landmarks through the embedding (face + barycentrics)."""
         if self.landmark_faces is None:
-            raise ValueError(f"the {self.name} model has no landmark embedding")
+            raise InputError(f"the {self.name} model has no landmark embedding")
         if vertices.ndim != 3 or vertices.shape[1:] != (self.num_vertices, 3):
-            raise ValueError(
+            raise InputError(
                 f"vertices must be (B, {self.num_vertices}, 3), got {tuple(vertices.shape)}"
             )
         corners = self.faces.to(vertices.device)[self.landmark_faces.to(vertices.device)]  # (L, 3)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import HeadModel
+from ..errors import InputError
 
 __all__ = ["FLAMEHead", "convert_flame_to_npz", "read_flame"]
 
@@ -48,7 +49,7 @@ class _ChStub:
 
     def array(self) -> np.ndarray:
         if "x" not in self.state:
-            raise ValueError(f"chumpy {type(self).__name__} object without a stored value")
+            raise InputError(f"chumpy {type(self).__name__} object without a stored value")
         return np.asarray(self.state["x"])
 
 
@@ -104,7 +105,7 @@ def _as_array(obj, key: str, path) -> np.ndarray:
         obj = obj.array()
     arr = np.asarray(obj)
     if arr.dtype == object:
-        raise ValueError(f"FLAME file {path}: {key!r} is not a numeric array")
+        raise InputError(f"FLAME file {path}: {key!r} is not a numeric array")
     return arr
 
 
@@ -131,12 +132,12 @@ def read_flame(path) -> dict[str, np.ndarray]:
     except pickle.UnpicklingError as e:
         raise pickle.UnpicklingError(f"could not read FLAME file {path}: {e}") from e
     except Exception as e:
-        raise ValueError(f"could not read FLAME file {path}: {e}") from e
+        raise InputError(f"could not read FLAME file {path}: {e}") from e
     if not isinstance(raw, dict):
-        raise ValueError(f"FLAME file {path} does not hold a dict of arrays")
+        raise InputError(f"FLAME file {path} does not hold a dict of arrays")
     missing = [k for k in _KEYS if k not in raw]
     if missing:
-        raise ValueError(f"FLAME file {path} lacks keys: {', '.join(missing)}")
+        raise InputError(f"FLAME file {path} lacks keys: {', '.join(missing)}")
     return {k: _as_array(raw[k], k, path) for k in _KEYS}
 
 
@@ -144,7 +145,7 @@ def convert_flame_to_npz(pkl_path, out_path) -> Path:
     """Write the arrays FLAMEHead needs as a plain `.npz` (no pickle needed to read it back)."""
     out_path = Path(out_path)
     if out_path.suffix != ".npz":
-        raise ValueError(f"output path must end in .npz, got {out_path}")
+        raise InputError(f"output path must end in .npz, got {out_path}")
     np.savez(out_path, **read_flame(pkl_path))
     return out_path
 
@@ -153,7 +154,7 @@ def _parents(kintree: np.ndarray, path) -> tuple[int, ...]:
     col = {int(j): i for i, j in enumerate(kintree[1])}
     parents = [-1] + [col.get(int(p), -2) for p in kintree[0, 1:]]
     if any(not (0 <= p < j) for j, p in enumerate(parents) if j):
-        raise ValueError(f"FLAME file {path}: kintree_table is not a tree ordered parent-first")
+        raise InputError(f"FLAME file {path}: kintree_table is not a tree ordered parent-first")
     return tuple(parents)
 
 
@@ -164,14 +165,14 @@ class FLAMEHead(HeadModel):
 
     def __init__(self, path=None, n_shape: int = 300, n_expression: int = 100):
         if path is None:
-            raise ValueError(_missing_file("(no path given)"))
+            raise InputError(_missing_file("(no path given)"))
         d = read_flame(path)
         total = d["shapedirs"].shape[2]
         n_shape = max(0, min(n_shape, _FLAME_SHAPE, total))
         n_expression = max(0, min(n_expression, total - min(_FLAME_SHAPE, total)))
         n_joints = d["kintree_table"].shape[1]
         if n_joints != len(_JOINTS) or d["posedirs"].shape[2] != 9 * (n_joints - 1):
-            raise ValueError(f"FLAME file {path}: expected {len(_JOINTS)} joints and 36 pose blendshapes")
+            raise InputError(f"FLAME file {path}: expected {len(_JOINTS)} joints and 36 pose blendshapes")
         super().__init__(
             v_template=d["v_template"],
             faces=d["f"],

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .base import HeadModel
+from ..errors import InputError
 
 __all__ = ["ICTHead", "ict_asset_path", "derive_neck_rig"]
 
@@ -44,10 +45,10 @@ def _load_npz(path: str) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"ICT head model file not found: {path}") from None
     except Exception as e:
-        raise ValueError(f"could not read ICT head model file {path}: {e}") from e
+        raise InputError(f"could not read ICT head model file {path}: {e}") from e
     missing = [k for k in _KEYS if k not in data]
     if missing:
-        raise ValueError(f"ICT head model file {path} lacks keys: {', '.join(missing)}")
+        raise InputError(f"ICT head model file {path} lacks keys: {', '.join(missing)}")
     for k in ("shapedirs", "exprdirs"):
         data[k] = data[k].astype(np.float32)
     return data
@@ -70,13 +71,13 @@ def derive_neck_rig(v: np.ndarray, faces: np.ndarray, rigid: np.ndarray, chin_ve
     cut = _boundary_vertices(faces, n_vert)
     cut = cut[y[cut] < y_top]
     if cut.size == 0:
-        raise ValueError("ICT mesh has no open boundary below the chin (neck base) to rig from")
+        raise InputError("ICT mesh has no open boundary below the chin (neck base) to rig from")
     y_base = y[cut].max()
     band = y_top - y_base
     y_mid = 0.5 * (y_base + y_top)
     ring = np.flatnonzero(np.abs(y - y_mid) < 0.05 * band)
     if ring.size < 4:
-        raise ValueError("ICT mesh has too few vertices around the middle of the neck")
+        raise InputError("ICT mesh has too few vertices around the middle of the neck")
     z = v[ring, 2]
     throat, nape = ring[z.argmax()], ring[z.argmin()]
 

@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+from ..errors import InputError, InputTypeError
 
 __all__ = ["HeadParams", "as_device"]
 
@@ -16,9 +17,9 @@ def as_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"invalid device {device!r}: {e}") from None
+        raise InputError(f"invalid device {device!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+        raise InputError(f"device {device!r} requested but CUDA is not available")
     return dev
 
 
@@ -42,38 +43,38 @@ class HeadParams:
         for name in _TENSOR_FIELDS:
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor):
-                raise TypeError(f"HeadParams.{name} must be a torch.Tensor, got {type(t).__name__}")
+                raise InputTypeError(f"HeadParams.{name} must be a torch.Tensor, got {type(t).__name__}")
             if t.ndim != 2:
-                raise ValueError(f"HeadParams.{name} must be 2-D (B, N), got shape {tuple(t.shape)}")
+                raise InputError(f"HeadParams.{name} must be 2-D (B, N), got shape {tuple(t.shape)}")
             if not t.is_floating_point():
-                raise TypeError(f"HeadParams.{name} must be a floating tensor, got {t.dtype}")
+                raise InputTypeError(f"HeadParams.{name} must be a floating tensor, got {t.dtype}")
         first = self.shape
         for name in _TENSOR_FIELDS[1:]:
             t = getattr(self, name)
             if t.shape[0] != first.shape[0]:
-                raise ValueError(
+                raise InputError(
                     f"HeadParams.{name} has batch size {t.shape[0]}, HeadParams.shape has {first.shape[0]}"
                 )
             if t.device != first.device:
-                raise ValueError(f"HeadParams.{name} is on {t.device}, HeadParams.shape on {first.device}")
+                raise InputError(f"HeadParams.{name} is on {t.device}, HeadParams.shape on {first.device}")
             if t.dtype != first.dtype:
-                raise TypeError(f"HeadParams.{name} is {t.dtype}, HeadParams.shape is {first.dtype}")
+                raise InputTypeError(f"HeadParams.{name} is {t.dtype}, HeadParams.shape is {first.dtype}")
         if self.translation.shape[1] != 3:
-            raise ValueError(f"HeadParams.translation must be (B, 3), got {tuple(self.translation.shape)}")
+            raise InputError(f"HeadParams.translation must be (B, 3), got {tuple(self.translation.shape)}")
         if self.pose.shape[1] % 3:
-            raise ValueError(
+            raise InputError(
                 f"HeadParams.pose must be (B, 3 * joints) axis-angle, got {tuple(self.pose.shape)}"
             )
         finite = [torch.isfinite(getattr(self, n)).all() for n in _TENSOR_FIELDS]
         if not bool(torch.stack(finite).all()):  # one device sync, not four
             bad = next(n for n, ok in zip(_TENSOR_FIELDS, finite) if not ok)
-            raise ValueError(f"HeadParams.{bad} contains NaN or infinite values")
+            raise InputError(f"HeadParams.{bad} contains NaN or infinite values")
         if self.expression_names is not None:
             names = tuple(self.expression_names)
             if not all(isinstance(n, str) for n in names):
-                raise TypeError("HeadParams.expression_names must be strings")
+                raise InputTypeError("HeadParams.expression_names must be strings")
             if len(names) != self.expression.shape[1]:
-                raise ValueError(
+                raise InputError(
                     f"HeadParams.expression_names has {len(names)} names for "
                     f"{self.expression.shape[1]} expression channels"
                 )
@@ -109,7 +110,7 @@ class HeadParams:
     def to(self, device=None, dtype: torch.dtype | None = None) -> HeadParams:
         dev = as_device(device) if device is not None else None
         if dtype is not None and not dtype.is_floating_point:
-            raise TypeError(f"HeadParams dtype must be floating, got {dtype}")
+            raise InputTypeError(f"HeadParams dtype must be floating, got {dtype}")
         return self.replace(**{n: getattr(self, n).to(device=dev, dtype=dtype) for n in _TENSOR_FIELDS})
 
     def clone(self) -> HeadParams:
@@ -120,7 +121,7 @@ class HeadParams:
 
     def _names(self) -> tuple[str, ...]:
         if self.expression_names is None:
-            raise ValueError(
+            raise InputError(
                 "these HeadParams have no expression names (the head model has none, e.g. FLAME); "
                 "set HeadParams.expression by index instead"
             )
@@ -129,7 +130,7 @@ class HeadParams:
     def _expression_index(self, name: str) -> int:
         names = self._names()
         if name not in names:
-            raise KeyError(f"unknown expression {name!r}; valid names: {', '.join(names)}")
+            raise InputError(f"unknown expression {name!r}; valid names: {', '.join(names)}")
         return names.index(name)
 
     def with_expression(self, **named) -> HeadParams:

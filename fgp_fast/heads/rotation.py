@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+from ..errors import InputError
 
 __all__ = [
     "axis_angle_to_matrix",
@@ -34,7 +35,7 @@ def _skew(v: torch.Tensor) -> torch.Tensor:
 def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     """(..., 3) axis * angle (radians) -> (..., 3, 3) rotation matrices (Rodrigues)."""
     if axis_angle.shape[-1] != 3:
-        raise ValueError(f"axis_angle must have shape (..., 3), got {tuple(axis_angle.shape)}")
+        raise InputError(f"axis_angle must have shape (..., 3), got {tuple(axis_angle.shape)}")
     theta2 = (axis_angle * axis_angle).sum(-1)
     small = theta2 < _SMALL_ANGLE**2
     # Evaluate the closed forms on a safe value only: torch.where would otherwise propagate NaN
@@ -77,7 +78,7 @@ def _matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
 def matrix_to_axis_angle(matrix: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) rotation matrices -> (..., 3) axis * angle with angle in [0, pi]."""
     if matrix.shape[-2:] != (3, 3):
-        raise ValueError(f"matrix must have shape (..., 3, 3), got {tuple(matrix.shape)}")
+        raise InputError(f"matrix must have shape (..., 3, 3), got {tuple(matrix.shape)}")
     q = _matrix_to_quaternion(matrix)
     w, v = q[..., 0], q[..., 1:]
     s2 = (v * v).sum(-1)  # sin^2(angle / 2)
@@ -119,7 +120,7 @@ def matrix_to_euler(matrix: torch.Tensor, degrees: bool = True):
     At gimbal lock (pitch = +-90 degrees) yaw and roll are not separable; roll is set to 0.
     """
     if matrix.shape[-2:] != (3, 3):
-        raise ValueError(f"matrix must have shape (..., 3, 3), got {tuple(matrix.shape)}")
+        raise InputError(f"matrix must have shape (..., 3, 3), got {tuple(matrix.shape)}")
     pitch = torch.asin((-matrix[..., 1, 2]).clamp(-1.0, 1.0))
     cos_pitch = torch.hypot(matrix[..., 1, 0], matrix[..., 1, 1])
     locked = cos_pitch < 1e-6

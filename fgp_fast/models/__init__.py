@@ -2,10 +2,11 @@
 
 Importing this package imports diffusers; ``import fgp_fast`` does not.
 """
+from ..errors import MissingDependencyError
 try:
     import diffusers  # noqa: F401
 except ImportError as exc:  # the clear error the rest of the package relies on
-    raise ImportError("the diffusion renderer needs diffusers 0.42: pip install 'fgp_fast[diffusion]'") from exc
+    raise MissingDependencyError("the diffusion renderer needs diffusers 0.42: pip install 'fgp_fast[diffusion]'") from exc
 
 from .appearance import AppearanceNet
 from .cuda_graph import CudaGraphStep

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from ..errors import InputError
 
 __all__ = ["CudaGraphStep"]
 
@@ -24,7 +25,7 @@ class CudaGraphStep:
 
     def _capture(self, args: tuple[Tensor, ...]) -> None:
         if not all(a.is_cuda for a in args):
-            raise ValueError("CUDA graphs need every input on a CUDA device")
+            raise InputError("CUDA graphs need every input on a CUDA device")
         self.inputs = tuple(a.clone() for a in args)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -41,7 +42,7 @@ class CudaGraphStep:
         if self.graph is None:
             self._capture(args)
         elif len(args) != len(self.inputs) or any(a.shape != b.shape for a, b in zip(args, self.inputs)):
-            raise ValueError("a CUDA graph replays fixed shapes: build a new CudaGraphStep for other shapes")
+            raise InputError("a CUDA graph replays fixed shapes: build a new CudaGraphStep for other shapes")
         for buffer, value in zip(self.inputs, args):
             buffer.copy_(value)
         self.graph.replay()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from diffusers import ControlNetModel, UNet2DConditionModel
 from torch import Tensor
+from ..errors import InputError
 
 __all__ = ["check_flow_channels", "flow_channels", "make_flow_controlnet"]
 
@@ -10,7 +11,7 @@ __all__ = ["check_flow_channels", "flow_channels", "make_flow_controlnet"]
 def flow_channels(n_samples: int) -> int:
     """Channels of the flow map for ``n_samples`` samples per ray (x, y, z each)."""
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+        raise InputError(f"n_samples must be an int >= 1, got {n_samples!r}")
     return 3 * n_samples
 
 
@@ -24,10 +25,10 @@ def check_flow_channels(controlnet: ControlNetModel, flow: Tensor, latents: Tens
     """Clear errors for a flow map the ControlNet cannot take."""
     expected = controlnet.config.conditioning_channels
     if flow.dim() != 4:
-        raise ValueError(f"flow must be (B, 3N, H, W), got shape {tuple(flow.shape)}")
+        raise InputError(f"flow must be (B, 3N, H, W), got shape {tuple(flow.shape)}")
     if flow.shape[1] != expected:
-        raise ValueError(f"flow has {flow.shape[1]} channels but the ControlNet takes {expected} "
+        raise InputError(f"flow has {flow.shape[1]} channels but the ControlNet takes {expected} "
                          f"(3N for N = {expected // 3} samples); encode the flow with n_samples={expected // 3}")
     size = (8 * latents.shape[-2], 8 * latents.shape[-1])
     if tuple(flow.shape[-2:]) != size:
-        raise ValueError(f"flow is {tuple(flow.shape[-2:])} (H, W) but must be 8x the latents: {size}")
+        raise InputError(f"flow is {tuple(flow.shape[-2:])} (H, W) but must be 8x the latents: {size}")

@@ -9,6 +9,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel, UNetMotionModel
 from torch import Tensor, nn
 
 from .flow_controlnet import check_flow_channels
+from ..errors import InputError
 
 __all__ = ["FusedStep"]
 
@@ -33,7 +34,7 @@ class FusedStep(nn.Module):
 
     def forward(self, latents: Tensor, timestep: Tensor, text: Tensor, flow: Tensor, *reference: Tensor) -> Tensor:
         if reference and len(reference) != len(self.names):
-            raise ValueError(f"expected {len(self.names)} reference tensors (one per attn1), got {len(reference)}")
+            raise InputError(f"expected {len(self.names)} reference tensors (one per attn1), got {len(reference)}")
         check_flow_channels(self.controlnet, flow, latents)
         frames = latents.shape[0]
         bank = dict(zip(self.names, reference)) if reference else None

@@ -12,6 +12,7 @@ from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_c
 from torch import Tensor
 
 from .config import sd15_unet_config, sd15_vae_config
+from ..errors import InputError
 
 __all__ = ["load_appearance_weights", "load_sd15", "map_xportrait_appearance_keys"]
 
@@ -68,7 +69,7 @@ def map_xportrait_appearance_keys(state_dict: dict[str, Tensor], unet_config: di
         return convert_ldm_unet_checkpoint({LDM_UNET_KEY + k: v for k, v in picked.items()}, dict(unet_config))
     if any(k.startswith("down_blocks.") for k in picked):
         return picked
-    raise ValueError("no appearance-net weights found: expected keys under 'appearance_control_model.' "
+    raise InputError("no appearance-net weights found: expected keys under 'appearance_control_model.' "
                      "(X-Portrait) or a UNet state dict in LDM ('input_blocks.*') or diffusers ('down_blocks.*') layout")
 
 
@@ -82,7 +83,7 @@ def load_appearance_weights(unet: UNet2DConditionModel, source: str | Path | dic
     unexpected = [k for k in mapped if k not in expected]
     resized = [k for k in expected if k in mapped and mapped[k].shape != expected[k].shape]
     if missing or unexpected or resized:
-        raise ValueError(f"appearance weights do not fit the UNet: {len(missing)} missing (e.g. {missing[:3]}), "
+        raise InputError(f"appearance weights do not fit the UNet: {len(missing)} missing (e.g. {missing[:3]}), "
                          f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(resized)} of another shape "
                          f"(e.g. {resized[:3]}); is it an SD1.5-sized appearance net?")
     unet.load_state_dict(mapped)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import Tensor, nn
+from ..errors import InputError
 
 __all__ = ["ReferenceReadProcessor", "ReferenceWriteProcessor", "install_reference_read",
            "install_reference_write", "self_attention_names"]
@@ -42,7 +43,7 @@ def _self_attention(attn: Attention, hidden_states: Tensor, context: Tensor) -> 
 
 def _check_supported(attn: Attention, name: str) -> None:
     if attn.spatial_norm is not None or attn.group_norm is not None or attn.norm_q is not None:
-        raise ValueError(f"reference attention supports SD-style self-attention only; {name} has extra norms")
+        raise InputError(f"reference attention supports SD-style self-attention only; {name} has extra norms")
 
 
 class ReferenceWriteProcessor:
@@ -76,7 +77,7 @@ class ReferenceReadProcessor:
         batch = hidden_states.shape[0]
         if ref.shape[0] != batch:
             if ref.shape[0] != 1:
-                raise ValueError(f"reference bank for {self.name} has batch {ref.shape[0]}; expected 1 or {batch}")
+                raise InputError(f"reference bank for {self.name} has batch {ref.shape[0]}; expected 1 or {batch}")
             ref = ref.expand(batch, -1, -1)
         return _self_attention(attn, hidden_states, torch.cat([hidden_states, ref.to(hidden_states.dtype)], dim=1))
 
@@ -92,7 +93,7 @@ class _CrossAttnProcessor(AttnProcessor2_0):
 def _install(model: nn.Module, processor_type: type) -> list[str]:
     names = self_attention_names(model)
     if not names:
-        raise ValueError(f"{type(model).__name__} has no spatial self-attention (attn1) modules")
+        raise InputError(f"{type(model).__name__} has no spatial self-attention (attn1) modules")
     reference_names = set(names)
     for name, module in model.named_modules():
         if name in reference_names:

@@ -14,6 +14,7 @@ from . import reference
 from .backends import available_backends, backend_names, get_backend, register_backend
 from .checks import check_camera, check_flow_args, check_mesh_pair, check_points, check_verts, check_faces
 from .reference import Raster, SurfaceField
+from ..errors import InputError
 
 __all__ = ["rasterize", "surface_field", "flow_encode", "resolve_near_far", "Raster", "SurfaceField",
            "available_backends", "backend_names", "register_backend"]
@@ -48,7 +49,7 @@ def resolve_near_far(verts_tgt: Tensor, camera: Camera, near, far) -> tuple[Tens
     z = camera.to(dtype=verts_tgt.dtype).world_to_camera(verts_tgt)[..., 2]
     near_t, far_t = z.amin(1), z.amax(1)
     if (near_t <= 0).any():
-        raise ValueError("the target mesh is not wholly in front of the camera (a vertex has depth "
+        raise InputError("the target mesh is not wholly in front of the camera (a vertex has depth "
                          "<= 0), so no default [near, far] exists; pass near= and far=")
     return near_t, far_t
 

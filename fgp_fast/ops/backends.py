@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from ..errors import BackendUnavailableError, InputError
 
 
 @dataclass(frozen=True)
@@ -67,17 +68,17 @@ def get_backend(name: str, device: torch.device | str, op: str = "flow_encode") 
         for candidate in available_backends(device):
             if getattr(_BACKENDS[candidate], op) is not None:
                 return _BACKENDS[candidate]
-        raise RuntimeError(f"no backend implements {op} on {device}")
+        raise BackendUnavailableError(f"no backend implements {op} on {device}")
     if name not in _BACKENDS:
         if name in _LAZY_MODULES:
             module = _LAZY_MODULES[name]
             why = _IMPORT_ERRORS.get(module, "it registered no such backend")
-            raise RuntimeError(f"backend {name!r} is not available: importing {module} failed ({why})")
-        raise ValueError(f"unknown backend {name!r}; valid: {['auto'] + backend_names()}")
+            raise BackendUnavailableError(f"backend {name!r} is not available: importing {module} failed ({why})")
+        raise InputError(f"unknown backend {name!r}; valid: {['auto'] + backend_names()}")
     backend = _BACKENDS[name]
     reason = backend.available(device)
     if reason is not None:
-        raise RuntimeError(f"backend {name!r} is not available on {device}: {reason}")
+        raise BackendUnavailableError(f"backend {name!r} is not available on {device}: {reason}")
     if getattr(backend, op) is None:
-        raise RuntimeError(f"backend {name!r} does not implement {op}")
+        raise BackendUnavailableError(f"backend {name!r} does not implement {op}")
     return backend

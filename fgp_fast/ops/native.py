@@ -21,6 +21,7 @@ from ..camera import Camera
 from .backends import register_backend
 from .checks import MAX_SAMPLES, OUT_DTYPES, SAMPLING_MODES, check_faces, check_verts
 from .reference import Raster, SurfaceField, sample_depths
+from ..errors import BackendUnavailableError, InputError, InputTypeError
 
 try:
     from .. import _C  # noqa: F401  (registers torch.ops.fgp.* and their CPU kernels)
@@ -76,7 +77,7 @@ def get_num_threads() -> int:
 
 def _require_cpp() -> None:
     if _C is None:
-        raise RuntimeError(f"the native fgp extension is not available: {_C_ERROR}")
+        raise BackendUnavailableError(f"the native fgp extension is not available: {_C_ERROR}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ class MeshBVH:
         check_verts(verts)
         check_faces(faces, verts.shape[1], verts.device)
         if verts.device.type == "cuda" and _C_cuda is None:
-            raise RuntimeError(f"MeshBVH on CUDA needs the cuda backend: {_CUDA_ERROR}")
+            raise BackendUnavailableError(f"MeshBVH on CUDA needs the cuda backend: {_CUDA_ERROR}")
         self.device = verts.device
         self.num_vertices = verts.shape[1]
         self.faces = faces.to(dtype=torch.int32).contiguous()
@@ -167,9 +168,9 @@ class MeshBVH:
         """Move the boxes to new vertex positions (B, V, 3) or (V, 3); the topology is kept."""
         verts = _as_batch(verts)
         if verts.dim() != 3 or verts.shape[1:] != (self.num_vertices, 3):
-            raise ValueError(f"verts must be (B, {self.num_vertices}, 3), got {tuple(verts.shape)}")
+            raise InputError(f"verts must be (B, {self.num_vertices}, 3), got {tuple(verts.shape)}")
         if verts.device != self.device:
-            raise ValueError(f"verts are on {verts.device} but the BVH lives on {self.device}")
+            raise InputError(f"verts are on {verts.device} but the BVH lives on {self.device}")
         if validate:
             check_verts(verts)
         verts = verts.detach().to(torch.float32).contiguous()
@@ -182,7 +183,7 @@ class MeshBVH:
         """DESIGN.md step 3 for world points (B, P, 3) against the last refit's target mesh."""
         verts_src = _as_batch(verts_src)
         if verts_src.shape != self.verts.shape:
-            raise ValueError(f"verts_src must be {tuple(self.verts.shape)}, got {tuple(verts_src.shape)}")
+            raise InputError(f"verts_src must be {tuple(self.verts.shape)}, got {tuple(verts_src.shape)}")
         dt = points.dtype
         out = torch.ops.fgp.surface_field(points.detach().to(torch.float32).contiguous(), self.verts,
                                           verts_src.detach().to(torch.float32).contiguous(), self.faces,
@@ -204,13 +205,13 @@ class FlowEncoder:
                  dtype: torch.dtype | None = torch.float32, leaf_size: int = LEAF_SIZE, validate: bool = True):
         _require_cpp()
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or not 1 <= n_samples <= MAX_SAMPLES:
-            raise ValueError(f"n_samples must be an int in [1, {MAX_SAMPLES}], got {n_samples!r}")
+            raise InputError(f"n_samples must be an int in [1, {MAX_SAMPLES}], got {n_samples!r}")
         if not float(delta) > 0 or float(delta) == float("inf"):
-            raise ValueError(f"delta must be a finite number > 0, got {delta!r}")
+            raise InputError(f"delta must be a finite number > 0, got {delta!r}")
         if sampling not in SAMPLING_MODES:
-            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+            raise InputError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
         if dtype is not None and dtype not in OUT_DTYPES:
-            raise TypeError(f"dtype must be one of {OUT_DTYPES}, got {dtype}")
+            raise InputTypeError(f"dtype must be one of {OUT_DTYPES}, got {dtype}")
         self.faces_in = faces
         self.n_samples, self.delta, self.sampling, self.dtype = n_samples, float(delta), sampling, dtype
         self.leaf_size, self.validate = leaf_size, validate
@@ -230,14 +231,14 @@ class FlowEncoder:
     def encode(self, verts_tgt: Tensor, verts_src: Tensor, camera: Camera, near=None, far=None,
                out: Tensor | None = None) -> Tensor:
         if verts_tgt.dim() != 3 or verts_tgt.shape[-1] != 3 or verts_src.shape != verts_tgt.shape:
-            raise ValueError(f"verts_tgt and verts_src must both be (B, V, 3), got {tuple(verts_tgt.shape)} "
+            raise InputError(f"verts_tgt and verts_src must both be (B, V, 3), got {tuple(verts_tgt.shape)} "
                              f"and {tuple(verts_src.shape)}")
         if verts_src.device != verts_tgt.device or camera.device != verts_tgt.device:
-            raise ValueError("verts_tgt, verts_src and the camera must be on one device")
+            raise InputError("verts_tgt, verts_src and the camera must be on one device")
         dev = verts_tgt.device
         unavailable = cpp_unavailable_reason(dev) if dev.type == "cpu" else cuda_unavailable_reason(dev)
         if unavailable is not None:
-            raise RuntimeError(unavailable)
+            raise BackendUnavailableError(unavailable)
         if self.validate:
             check_verts(verts_tgt, "verts_tgt")
             check_verts(verts_src, "verts_src")
@@ -268,13 +269,13 @@ class FlowEncoder:
             near_buf.copy_(torch.as_tensor(near, dtype=torch.float32).expand(B))
             far_buf.copy_(torch.as_tensor(far, dtype=torch.float32).expand(B))
         else:
-            raise ValueError("give both near and far, or neither")
+            raise InputError("give both near and far, or neither")
         dtype = self.dtype or verts_tgt.dtype
         shape = (B, 3 * N, H, W)
         if out is None:
             out = torch.empty(shape, dtype=dtype, device=dev)
         elif tuple(out.shape) != shape or out.device != dev or not out.is_contiguous() or out.dtype not in OUT_DTYPES:
-            raise ValueError(f"out must be a contiguous {shape} tensor of a float dtype on {dev}, got "
+            raise InputError(f"out must be a contiguous {shape} tensor of a float dtype on {dev}, got "
                              f"{tuple(out.shape)} {out.dtype} on {out.device}")
         zbuf = self._buffer("zbuf", (B, H, W), torch.int64, dev)
         torch.ops.fgp.flow_encode_out(vt, vs, bvh.faces, K_buf, w2c_buf, near_buf, far_buf, bvh.nodes, bvh.tris,

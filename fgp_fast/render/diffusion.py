@@ -11,6 +11,7 @@ from ..camera import Camera
 from ..ops import flow_encode
 from ..ops.checks import check_faces, check_verts
 from ..pipeline import FGPortraitPipeline
+from ..errors import InputError
 
 __all__ = ["DiffusionRenderer"]
 
@@ -40,9 +41,9 @@ class DiffusionRenderer:
         check_verts(verts_src, "verts_src")
         check_faces(self.faces, verts_src.shape[1], verts_src.device)
         if verts_src.shape[0] != 1:
-            raise ValueError(f"one identity at a time: verts_src must be (1, V, 3), got {tuple(verts_src.shape)}")
+            raise InputError(f"one identity at a time: verts_src must be (1, V, 3), got {tuple(verts_src.shape)}")
         if tuple(image.shape[-2:]) != (camera.height, camera.width):
-            raise ValueError(f"image is {tuple(image.shape[-2:])} (H, W) but the camera is {(camera.height, camera.width)}")
+            raise InputError(f"image is {tuple(image.shape[-2:])} (H, W) but the camera is {(camera.height, camera.width)}")
         self.pipeline.set_source(image)
         self.verts_src, self.camera = verts_src, camera
 

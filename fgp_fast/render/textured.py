@@ -17,53 +17,54 @@ from torch import Tensor
 from ..camera import Camera
 from ..ops import rasterize
 from ..ops.checks import check_camera, check_faces, check_verts
+from ..errors import InputError, InputTypeError
 
 __all__ = ["BakedTexture", "bake_texture", "render_textured", "procedural_texture", "sample_texture"]
 
 
 def _check_texture(texture: Tensor, batch: int, verts: Tensor) -> Tensor:
     if not isinstance(texture, Tensor):
-        raise TypeError(f"texture must be a torch.Tensor, got {type(texture).__name__}")
+        raise InputTypeError(f"texture must be a torch.Tensor, got {type(texture).__name__}")
     if texture.dim() == 3:
         texture = texture[None]
     if texture.dim() != 4 or texture.shape[0] not in (1, batch) or min(texture.shape[1:]) < 1:
-        raise ValueError(f"texture must be (C, Ht, Wt) or (1|B={batch}, C, Ht, Wt), got {tuple(texture.shape)}")
+        raise InputError(f"texture must be (C, Ht, Wt) or (1|B={batch}, C, Ht, Wt), got {tuple(texture.shape)}")
     if not texture.is_floating_point():
-        raise TypeError(f"texture must be floating point, got {texture.dtype}")
+        raise InputTypeError(f"texture must be floating point, got {texture.dtype}")
     if texture.device != verts.device:
-        raise ValueError(f"texture is on {texture.device} but the vertices are on {verts.device}")
+        raise InputError(f"texture is on {texture.device} but the vertices are on {verts.device}")
     return texture.expand(batch, -1, -1, -1)
 
 
 def _check_uv(uv: Tensor, faces_uv: Tensor, faces: Tensor, verts: Tensor) -> None:
     if not isinstance(uv, Tensor) or not isinstance(faces_uv, Tensor):
-        raise TypeError("uv and faces_uv must be torch tensors")
+        raise InputTypeError("uv and faces_uv must be torch tensors")
     if uv.dim() != 2 or uv.shape[1] != 2 or uv.shape[0] == 0:
-        raise ValueError(f"uv must have shape (T, 2) with T > 0, got {tuple(uv.shape)}")
+        raise InputError(f"uv must have shape (T, 2) with T > 0, got {tuple(uv.shape)}")
     if not uv.is_floating_point():
-        raise TypeError(f"uv must be floating point, got {uv.dtype}")
+        raise InputTypeError(f"uv must be floating point, got {uv.dtype}")
     if uv.device != verts.device:
-        raise ValueError(f"uv is on {uv.device} but the vertices are on {verts.device}")
+        raise InputError(f"uv is on {uv.device} but the vertices are on {verts.device}")
     if faces_uv.shape != faces.shape:
-        raise ValueError(f"faces_uv must match faces' shape {tuple(faces.shape)}, got {tuple(faces_uv.shape)}")
+        raise InputError(f"faces_uv must match faces' shape {tuple(faces.shape)}, got {tuple(faces_uv.shape)}")
     if faces_uv.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"faces_uv must be int32 or int64, got {faces_uv.dtype}")
+        raise InputTypeError(f"faces_uv must be int32 or int64, got {faces_uv.dtype}")
     if faces_uv.device != verts.device:
-        raise ValueError(f"faces_uv is on {faces_uv.device} but the vertices are on {verts.device}")
+        raise InputError(f"faces_uv is on {faces_uv.device} but the vertices are on {verts.device}")
     lo, hi = int(faces_uv.min()), int(faces_uv.max())
     if lo < 0 or hi >= uv.shape[0]:
-        raise IndexError(f"faces_uv index UVs in [{lo}, {hi}] but uv has {uv.shape[0]} rows")
+        raise InputError(f"faces_uv index UVs in [{lo}, {hi}] but uv has {uv.shape[0]} rows")
 
 
 def _background(background, B: int, C: int, H: int, W: int, like: Tensor) -> Tensor:
     if isinstance(background, (int, float)) and not isinstance(background, bool):
         return torch.full((B, C, H, W), float(background), dtype=like.dtype, device=like.device)
     if not isinstance(background, Tensor):
-        raise TypeError(f"background must be a number or a tensor, got {type(background).__name__}")
+        raise InputTypeError(f"background must be a number or a tensor, got {type(background).__name__}")
     try:
         return background.to(dtype=like.dtype, device=like.device).expand(B, C, H, W)
     except RuntimeError:
-        raise ValueError(f"background {tuple(background.shape)} does not broadcast to "
+        raise InputError(f"background {tuple(background.shape)} does not broadcast to "
                          f"(B, C, H, W) = {(B, C, H, W)}") from None
 
 
@@ -110,9 +111,9 @@ def procedural_texture(size: int | tuple[int, int] = 256, seed: int = 0, channel
     if isinstance(size, int):
         size = (size, size)
     if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size must be a positive int or (H, W), got {size}")
+        raise InputError(f"size must be a positive int or (H, W), got {size}")
     if channels < 1 or octaves < 1 or checker < 1:
-        raise ValueError("channels, octaves and checker must be >= 1")
+        raise InputError("channels, octaves and checker must be >= 1")
     gen = torch.Generator().manual_seed(int(seed))
     Ht, Wt = size
     y, x = torch.meshgrid((torch.arange(Ht, dtype=torch.float64) + 0.5) / Ht,
@@ -161,24 +162,24 @@ def bake_texture(verts: Tensor, faces: Tensor, faces_uv: Tensor, uv: Tensor, ima
     verts = verts[None] if verts.dim() == 2 else verts
     check_verts(verts)
     if verts.shape[0] != 1:
-        raise ValueError(f"bake_texture takes one mesh, got a batch of {verts.shape[0]}")
+        raise InputError(f"bake_texture takes one mesh, got a batch of {verts.shape[0]}")
     check_faces(faces, verts.shape[1], verts.device)
     check_camera(camera, verts)
     _check_uv(uv, faces_uv, faces, verts)
     image = image[0] if image.dim() == 4 and image.shape[0] == 1 else image
     if not isinstance(image, Tensor) or image.dim() != 3 or not image.is_floating_point():
-        raise ValueError(f"image must be a float (C, H, W) tensor, got {getattr(image, 'shape', type(image))}")
+        raise InputError(f"image must be a float (C, H, W) tensor, got {getattr(image, 'shape', type(image))}")
     if tuple(image.shape[1:]) != (camera.height, camera.width):
-        raise ValueError(f"image is {tuple(image.shape[1:])} but the camera is {(camera.height, camera.width)}")
+        raise InputError(f"image is {tuple(image.shape[1:])} but the camera is {(camera.height, camera.width)}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-        raise ValueError(f"size must be an int >= 2, got {size!r}")
+        raise InputError(f"size must be an int >= 2, got {size!r}")
     F, dev, dt = faces.shape[0], verts.device, verts.dtype
     corner = uv.to(dt)[faces_uv.long()]                                         # (F, 3, 2)
     tile = torch.floor(corner.mean(1))                                           # (F, 2)
     if charts is None:
         charts = tile[:, 0] * 4096 + tile[:, 1]
     elif not isinstance(charts, Tensor) or charts.shape != (F,):
-        raise ValueError(f"charts must be a tensor of shape ({F},)")
+        raise InputError(f"charts must be a tensor of shape ({F},)")
     _, chart = torch.unique(charts.to(dev), return_inverse=True)
     n = int(chart.max()) + 1
     local = corner - tile[:, None]                                               # the face's tile -> [0, 1)
@@ -189,7 +190,7 @@ def bake_texture(verts: Tensor, faces: Tensor, faces_uv: Tensor, uv: Tensor, ima
     # back onto the front) the texel goes to the face nearer the camera, the one that can be seen.
     z = camera.world_to_camera(verts)[0, :, 2][faces.long()].mean(1).repeat_interleave(3)
     if not bool((z > 0).all()):
-        raise ValueError("bake_texture needs the whole mesh in front of the camera")
+        raise InputError("bake_texture needs the whole mesh in front of the camera")
     flat = torch.stack([atlas[:, 0], 1 - atlas[:, 1], torch.ones_like(atlas[:, 0])], -1) * z[:, None]
     K = torch.tensor([[n * size, 0.0, 0.0], [0.0, size, 0.0], [0.0, 0.0, 1.0]], dtype=dt, device=dev)
     corners = torch.arange(3 * F, device=dev).view(F, 3)

@@ -22,6 +22,7 @@ from ..ops import rasterize
 from ..ops.checks import check_camera, check_faces, check_verts
 from ..ops.reference import Z_MIN
 from .fill import distance_to_mask, pushpull_fill, smooth_falloff
+from ..errors import InputError, InputTypeError
 
 __all__ = ["WarpRenderer", "WarpResult", "warp_render"]
 
@@ -37,20 +38,20 @@ class WarpResult(NamedTuple):
 
 def _batch_of(name: str, size: int, batch: int) -> None:
     if size not in (1, batch):
-        raise ValueError(f"{name} has batch size {size}; expected 1 or {batch}")
+        raise InputError(f"{name} has batch size {size}; expected 1 or {batch}")
 
 
 def _check_image(image: Tensor, camera: Camera, device: torch.device) -> None:
     if not isinstance(image, Tensor):
-        raise TypeError(f"source_image must be a torch.Tensor, got {type(image).__name__}")
+        raise InputTypeError(f"source_image must be a torch.Tensor, got {type(image).__name__}")
     if image.dim() != 4 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"source_image must have shape (B, C, H, W), got {tuple(image.shape)}")
+        raise InputError(f"source_image must have shape (B, C, H, W), got {tuple(image.shape)}")
     if not image.is_floating_point():
-        raise TypeError(f"source_image must be floating point, got {image.dtype}")
+        raise InputTypeError(f"source_image must be floating point, got {image.dtype}")
     if image.device != device:
-        raise ValueError(f"source_image is on {image.device} but verts_src is on {device}")
+        raise InputError(f"source_image is on {image.device} but verts_src is on {device}")
     if tuple(image.shape[-2:]) != (camera.height, camera.width):
-        raise ValueError(f"source_image is {tuple(image.shape[-2:])} (H, W) but camera_src is "
+        raise InputError(f"source_image is {tuple(image.shape[-2:])} (H, W) but camera_src is "
                          f"{(camera.height, camera.width)}")
 
 
@@ -71,17 +72,17 @@ class WarpRenderer:
         check_verts(verts_src, "verts_src")
         check_faces(faces, verts_src.shape[1], verts_src.device)
         if not isinstance(camera_src, Camera):
-            raise TypeError(f"camera_src must be a fgp_fast.camera.Camera, got {type(camera_src).__name__}")
+            raise InputTypeError(f"camera_src must be a fgp_fast.camera.Camera, got {type(camera_src).__name__}")
         camera_tgt = camera_src if camera_tgt is None else camera_tgt
         if not isinstance(camera_tgt, Camera):
-            raise TypeError(f"camera_tgt must be a fgp_fast.camera.Camera, got {type(camera_tgt).__name__}")
+            raise InputTypeError(f"camera_tgt must be a fgp_fast.camera.Camera, got {type(camera_tgt).__name__}")
         if camera_tgt.device != verts_src.device:
-            raise ValueError(f"camera_tgt is on {camera_tgt.device} but verts_src is on {verts_src.device}")
+            raise InputError(f"camera_tgt is on {camera_tgt.device} but verts_src is on {verts_src.device}")
         _check_image(source_image, camera_src, verts_src.device)
         for name, value in (("falloff", falloff), ("depth_tol", depth_tol)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not 0 <= value < float("inf")):
-                raise ValueError(f"{name} must be a finite number >= 0 or None, got {value!r}")
+                raise InputError(f"{name} must be a finite number >= 0 or None, got {value!r}")
         batch = max(source_image.shape[0], verts_src.shape[0], camera_src.batch_size or 1)
         _batch_of("source_image", source_image.shape[0], batch)
         _batch_of("verts_src", verts_src.shape[0], batch)
@@ -106,14 +107,14 @@ class WarpRenderer:
     def _check_target(self, verts_tgt: Tensor) -> int:
         check_verts(verts_tgt, "verts_tgt")
         if verts_tgt.shape[1] != self.verts_src.shape[1]:
-            raise ValueError(f"verts_tgt has {verts_tgt.shape[1]} vertices, verts_src has {self.verts_src.shape[1]}")
+            raise InputError(f"verts_tgt has {verts_tgt.shape[1]} vertices, verts_src has {self.verts_src.shape[1]}")
         if verts_tgt.dtype != self.verts_src.dtype:
-            raise TypeError(f"verts_tgt is {verts_tgt.dtype} but verts_src is {self.verts_src.dtype}")
+            raise InputTypeError(f"verts_tgt is {verts_tgt.dtype} but verts_src is {self.verts_src.dtype}")
         if verts_tgt.device != self.verts_src.device:
-            raise ValueError(f"verts_tgt is on {verts_tgt.device} but verts_src is on {self.verts_src.device}")
+            raise InputError(f"verts_tgt is on {verts_tgt.device} but verts_src is on {self.verts_src.device}")
         B = verts_tgt.shape[0]
         if self.batch_size not in (1, B):
-            raise ValueError(f"verts_tgt has batch size {B} but the source has {self.batch_size}")
+            raise InputError(f"verts_tgt has batch size {B} but the source has {self.batch_size}")
         check_camera(self.camera_tgt, verts_tgt)
         self.camera_src.expand(B)
         return B

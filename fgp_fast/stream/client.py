@@ -8,13 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ServerError
 from .protocol import decode_image, encode_image, pack, unpack
 
 __all__ = ["Client", "Reply", "ServerError", "stream_frames"]
-
-
-class ServerError(RuntimeError):
-    """The server refused the connection or a request."""
 
 
 @dataclass

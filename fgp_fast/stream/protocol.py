@@ -24,6 +24,8 @@ import struct
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = ["MAX_HEADER", "ProtocolError", "control", "decode_image", "encode_image", "pack", "unpack"]
 
 MAX_HEADER = 4096            # bytes of JSON header; more is malformed
@@ -32,7 +34,7 @@ FORMATS = {"jpeg": "JPEG", "webp": "WEBP"}
 _LEN = struct.Struct(">I")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InputError):
     """A malformed message: reported to the sender, who may go on."""
 
 

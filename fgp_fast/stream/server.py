@@ -28,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocketDisconnect
 
 from .protocol import ProtocolError, control, pack, unpack
+from ..errors import InputError
 
 __all__ = ["TRANSPORT_MAX", "BackgroundServer", "ServerConfig", "create_app", "is_loopback"]
 
@@ -307,7 +308,7 @@ class BackgroundServer:
         import uvicorn
 
         if not is_loopback(host) and not (config and config.token):
-            raise ValueError(f"binding {host} (not loopback) needs a token")
+            raise InputError(f"binding {host} (not loopback) needs a token")
         self.config = config or ServerConfig()
         self.app = create_app(self.config)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from ..errors import InputError
 
 __all__ = ["TrainConfig", "load_config"]
 
@@ -48,18 +49,18 @@ class TrainConfig:
 
     def check(self) -> TrainConfig:
         if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+            raise InputError(f"stage must be 1 or 2, got {self.stage}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+            raise InputError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "n_samples"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.sample_every < 0:
-            raise ValueError(f"sample_every must be >= 0 (0 disables previews), got {self.sample_every}")
+            raise InputError(f"sample_every must be >= 0 (0 disables previews), got {self.sample_every}")
         if self.sample_steps < 1:
-            raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
+            raise InputError(f"sample_steps must be >= 1, got {self.sample_steps}")
         if self.stage == 2 and self.frames < 2:
-            raise ValueError("stage 2 needs frames >= 2")
+            raise InputError("stage 2 needs frames >= 2")
         return self
 
     def to_dict(self) -> dict:
@@ -77,10 +78,10 @@ def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
             raise FileNotFoundError(f"config not found: {path}")
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of hyper-parameters")
+            raise InputError(f"{path}: expected a mapping of hyper-parameters")
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
+        raise InputError(f"unknown config keys {unknown}; known: {sorted(known)}")
     return TrainConfig(**values).check()

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import TrainConfig
+from ..errors import InputError, MissingDependencyError
 
 __all__ = ["TrainModule", "build_pipeline", "latest_checkpoint", "train"]
 
@@ -52,9 +53,9 @@ def build_pipeline(cfg: TrainConfig):
                                             appearance_weights=cfg.appearance_weights or None,
                                             config=PipelineConfig(n_samples=cfg.n_samples))
     else:
-        raise ValueError(f"init must be random-tiny, random-sd15, pretrained:<dir> or sd15:<path>, got {init!r}")
+        raise InputError(f"init must be random-tiny, random-sd15, pretrained:<dir> or sd15:<path>, got {init!r}")
     if pipe.config.n_samples != cfg.n_samples:
-        raise ValueError(f"the weights take n_samples={pipe.config.n_samples}; the config says {cfg.n_samples}")
+        raise InputError(f"the weights take n_samples={pipe.config.n_samples}; the config says {cfg.n_samples}")
     if cfg.stage == 2 and pipe.motion_unet is None:
         pipe = FGPortraitPipeline(pipe.unet, pipe.appearance.unet, pipe.controlnet, pipe.vae, pipe.text_embeddings,
                                   pipe.config, pipe.vae_tiny, add_temporal_layers(pipe.unet))
@@ -209,7 +210,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
     except ImportError as exc:
-        raise ImportError("fgp train needs accelerate: pip install 'fgp_fast[train]'") from exc
+        raise MissingDependencyError("fgp train needs accelerate: pip install 'fgp_fast[train]'") from exc
     from ..data import ClipDataset
 
     cfg.check()
@@ -223,7 +224,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     pipe = build_pipeline(cfg)
     size = dataset.size
     if size % 8:
-        raise ValueError(f"dataset size {size} is not a multiple of 8")
+        raise InputError(f"dataset size {size} is not a multiple of 8")
     model = TrainModule(pipe, cfg.stage)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     model.to(device)
@@ -256,7 +257,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
             state = torch.load(ckpt / "trainable.pt", map_location=device)
             missing = set(names) - set(state)
             if missing:
-                raise ValueError(f"checkpoint {ckpt} does not match this config (missing {sorted(missing)[:3]})")
+                raise InputError(f"checkpoint {ckpt} does not match this config (missing {sorted(missing)[:3]})")
             with torch.no_grad():
                 for n in names:
                     params[n].copy_(state[n])
