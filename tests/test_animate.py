@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from fgp_fast.cli import main
-from fgp_fast.driving import Motion, apply_edits, drive, load_script, parse_edits, script_motion
+from fgp_fast.motion.drive import Motion, apply_edits, drive, load_script, parse_edits, script_motion
 from fgp_fast.heads import load_head_model
-from fgp_fast.imageio import save_png
-from fgp_fast.video import VideoWriter, read_video
+from fgp_fast.media.images import save_png
+from fgp_fast.media.video import VideoWriter, read_video
 
 SIZE, FPS = 160, 12
 NAMES = load_head_model("ict").expression_names
@@ -239,7 +239,7 @@ def test_video_round_trip_keeps_rate(tmp_path):
 
 # --------------------------------------------------------------------------- driving
 def _motion(yaw_deg, expr=None):
-    from fgp_fast.driving import _from_euler
+    from fgp_fast.motion.drive import _from_euler
 
     angles = np.stack([np.asarray(yaw_deg, float), np.zeros(len(yaw_deg)), np.zeros(len(yaw_deg))], 1)
     e = np.zeros((len(yaw_deg), len(NAMES)), np.float32) if expr is None else expr
@@ -249,7 +249,7 @@ def _motion(yaw_deg, expr=None):
 def test_edits_set_and_shift():
     edits = parse_edits(["yaw=+15", "mouthSmile_L=0.4", "jawOpen=+0.3", "pitch=-5"], NAMES)
     m = apply_edits(_motion([10.0, -10.0]), edits, NAMES)
-    from fgp_fast.driving import _euler
+    from fgp_fast.motion.drive import _euler
 
     assert np.allclose(_euler(m.rotation)[:, 0], [25, 5], atol=1e-3)
     assert np.allclose(_euler(m.rotation)[:, 1], [-5, -5], atol=1e-3)
@@ -262,7 +262,7 @@ def test_edits_set_and_shift():
 
 
 def test_relative_mode_adds_driver_change_to_source():
-    from fgp_fast.driving import _euler
+    from fgp_fast.motion.drive import _euler
 
     e_src = np.zeros((1, len(NAMES)), np.float32)
     e_src[0, 0] = 0.5

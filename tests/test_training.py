@@ -40,7 +40,7 @@ def _render_clips(root, frames: int = 6) -> dict:
     from fgp_fast.heads import axis_angle_to_matrix, euler_to_matrix, load_head_model, matrix_to_axis_angle
     from fgp_fast.landmarks import detect_image
     from fgp_fast.render import bake_texture, render_textured
-    from fgp_fast.video import VideoWriter
+    from fgp_fast.media.video import VideoWriter
 
     photo, _ = astronaut_portrait(VIDEO)
     head = load_head_model("ict")
@@ -78,7 +78,7 @@ def synthetic(tmp_path_factory):
     """(video directory, known rotations): the rendered clips plus a face-less and a corrupt video."""
     root = tmp_path_factory.mktemp("videos")
     known = _render_clips(root)
-    from fgp_fast.video import VideoWriter
+    from fgp_fast.media.video import VideoWriter
 
     with VideoWriter(root / "noface.mp4", 10, VIDEO, VIDEO) as w:
         for i in range(6):

@@ -94,7 +94,7 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def read_image_uint8(path: Path) -> np.ndarray:
-    from ..imageio import load_image
+    from ..media.images import load_image
 
     return to_uint8(load_image(path))
 
@@ -125,7 +125,7 @@ class Portrait:
             diffusion.set_source(source.to(device), self.verts.to(device), self.camera.to(device=device))
 
     def motion(self):
-        from ..driving import Motion
+        from ..motion.drive import Motion
 
         return Motion(self.fit.rotation[:1].copy(), self.fit.expression[:1].copy())
 
@@ -148,7 +148,7 @@ class Portrait:
 
 def driver_frames(path: Path) -> tuple[list[np.ndarray], float | None]:
     """Frames of a driver video or image folder (folder: no frame rate of its own)."""
-    from ..video import read_video
+    from ..media.video import read_video
 
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -185,7 +185,7 @@ def track_driver(frames: list[np.ndarray], name: str, face_index: int):
 
 def driver_motion(path: Path, args, portrait: Portrait):
     """-> (motion, fps, driver frames or None, filled frame count)."""
-    from ..driving import Motion, drive, load_script
+    from ..motion.drive import Motion, drive, load_script
     from ..fitting import cached_fit, fill_gaps
     from ..fitting.fit import FitSettings
 
@@ -210,7 +210,7 @@ def driver_motion(path: Path, args, portrait: Portrait):
 
 def write_video(portrait: Portrait, motion, fps: float, out: Path, side=None) -> int:
     """Render every frame of ``motion`` into ``out``; ``side(i)`` gives an image to put on the left."""
-    from ..video import VideoWriter
+    from ..media.video import VideoWriter
 
     H, W = portrait.image.shape[:2]
     width = 2 * W if side else W
@@ -253,7 +253,7 @@ def load_diffusion_renderer(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..driving import apply_edits, parse_edits
+    from ..motion.drive import apply_edits, parse_edits
 
     diffusion = load_diffusion_renderer(args) if args.renderer == "diffusion" else None
     if args.face_index < 0:

@@ -63,8 +63,8 @@ def contact_sheet(frames: list[np.ndarray], columns: int = 4) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..driving import script_motion
-    from ..imageio import save_png
+    from ..motion.drive import script_motion
+    from ..media.images import save_png
 
     if args.size % 2 or not 64 <= args.size <= 2048:
         raise CLIError(f"--size must be even and in [64, 2048], got {args.size}")

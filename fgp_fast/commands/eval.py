@@ -125,7 +125,7 @@ def load_adapter(name: str, path: Path):
 
 def run(args: argparse.Namespace) -> int:
     from ..fitting import FitSettings, cached_fit
-    from ..video import read_video
+    from ..media.video import read_video
     from .animate import read_image_uint8, track_driver
 
     key = f"{FitSettings().key()}|face{args.face_index}"

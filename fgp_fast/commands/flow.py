@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..cli import CLIError
-from .edits import parse_expressions
+from ..motion.edits import parse_expressions
 
 
 def add_parser(sub) -> None:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import ops
     from ..camera import Camera
     from ..heads import load_head_model
-    from ..imageio import colormap, save_png
+    from ..media.images import colormap, save_png
     from ..render import procedural_texture, render_textured, warp_render
 
     if args.size < 8 or args.size > 4096:

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         from ..stream.client import Client, ServerError, stream_frames
     except ImportError as exc:
         raise CLIError(f"fgp stream needs the 'websockets' package (pip install -e '.[serve]'): {exc}") from None
-    from ..video import VideoWriter, read_video
+    from ..media.video import VideoWriter, read_video
 
     check_output(args.out)
     edits = _edits(args.edit)

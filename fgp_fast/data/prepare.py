@@ -55,7 +55,7 @@ def _prepare_clip(video: Path, out: Path, size: int, min_frames: int, max_frames
     from ..fitting import fill_gaps, fit_sequence
     from ..heads import load_head_model
     from ..landmarks import FaceLandmarker
-    from ..video import read_video
+    from ..media.video import read_video
 
     frames, fps = read_video(video)  # ValueError on a corrupt file
     frames = frames[:max_frames] if max_frames else frames

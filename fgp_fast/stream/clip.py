@@ -11,7 +11,7 @@ def driver_clip(size: int = 256, frames: int = 50, fps: float = 25.0) -> list[np
     left and right and open her jaw, a loop MediaPipe tracks on every frame."""
     from ..commands.animate import Portrait
     from ..commands.demo import astronaut_portrait
-    from ..driving import script_motion
+    from ..motion.drive import script_motion
 
     image, _ = astronaut_portrait(size)
     portrait = Portrait(image, "the astronaut")

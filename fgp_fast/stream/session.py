@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from ..driving import ANGLES, Edit, Motion, apply_edits, drive
+from ..motion.drive import ANGLES, Edit, Motion, apply_edits, drive
 from .protocol import FORMATS, ProtocolError, decode_image, encode_image
 
 __all__ = ["Session", "parse_live_edits"]

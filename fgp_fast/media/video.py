@@ -6,7 +6,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from .errors import InputError, MissingDependencyError
+from ..errors import InputError, MissingDependencyError
 
 __all__ = ["VideoWriter", "read_video", "DEFAULT_FPS"]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .heads import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle, matrix_to_euler
-from .errors import InputError
+from ..heads import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle, matrix_to_euler
+from ..errors import InputError
 
 __all__ = ["Edit", "Motion", "ANGLES", "MODES", "apply_edits", "drive", "load_script", "parse_edits"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .errors import InputError
+from ..errors import InputError
 
 # A perceptually ordered ramp (dark blue -> teal -> yellow), anchors of viridis.
 _RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],

@@ -1,0 +1,1 @@
+"""Media I/O: images and video files."""

@@ -1,0 +1,1 @@
+"""Motion: driving, edits, keyframe scripts."""
