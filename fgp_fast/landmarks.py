@@ -6,15 +6,66 @@ installed lean: ``pip install -r requirements-mediapipe.txt && pip install --no-
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from contextlib import contextmanager
 
 import numpy as np
+
 from .errors import InputError, MissingDependencyError, NoFaceError
 
-__all__ = ["FaceLandmarker", "MediaPipeMissingError", "NoFaceError", "N_LANDMARKS", "detect_image", "face_box"]
+__all__ = ["FaceLandmarker", "MediaPipeMissingError", "NoFaceError", "N_LANDMARKS", "detect_image", "face_box",
+           "set_native_logging"]
 
 N_LANDMARKS = 478
 INSTALL_HINT = ("pip install -r requirements-mediapipe.txt && "
                 "pip install --no-deps mediapipe==0.10.21  (x86-64, Python < 3.13)")
+
+
+_native_logs = os.environ.get("FGP_NATIVE_LOGS") == "1"
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_saved_stderr: int | None = None
+
+
+def set_native_logging(enabled: bool) -> bool:
+    """Let MediaPipe's own log lines (TF Lite's INFO, absl warnings; C++, from its threads) reach
+    stderr, or not (the default; ``FGP_NATIVE_LOGS=1`` or ``fgp --verbose`` turn them on).
+    Returns the previous setting."""
+    global _native_logs
+    previous, _native_logs = _native_logs, bool(enabled)
+    return previous
+
+
+@contextmanager
+def _quiet_native_logs():
+    """Point file descriptor 2 at /dev/null while MediaPipe starts or stops a graph, where it logs.
+
+    MediaPipe writes from C++ (no Python logger to configure), so only the descriptor can silence
+    it; that is process-wide, which is why it is limited to graph start-up, its first frame and
+    shutdown (nested and concurrent uses share one redirection).
+    """
+    global _quiet_depth, _saved_stderr
+    if _native_logs:
+        yield
+        return
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            sys.stderr.flush()
+            _saved_stderr = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                os.dup2(_saved_stderr, 2)
+                os.close(_saved_stderr)
+                _saved_stderr = None
 
 
 class MediaPipeMissingError(MissingDependencyError):
@@ -40,16 +91,24 @@ class FaceLandmarker:
 
     def __init__(self, video: bool = False, max_faces: int = 4, min_confidence: float = 0.5):
         os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging is noisy
-        self._mesh = _face_mesh_module().FaceMesh(
-            static_image_mode=not video, max_num_faces=max_faces, refine_landmarks=True,
-            min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
+        face_mesh = _face_mesh_module()
+        with _quiet_native_logs():
+            self._mesh = face_mesh.FaceMesh(
+                static_image_mode=not video, max_num_faces=max_faces, refine_landmarks=True,
+                min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
+        self._started = False  # the first frame initialises the models, which logs too
 
     def faces(self, image: np.ndarray) -> list[np.ndarray]:
         """Every face in an (H, W, 3) uint8 RGB image, largest first, each (478, 2) float32 pixels."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
         H, W = image.shape[:2]
-        result = self._mesh.process(np.ascontiguousarray(image))
+        if self._started:
+            result = self._mesh.process(np.ascontiguousarray(image))
+        else:
+            with _quiet_native_logs():
+                result = self._mesh.process(np.ascontiguousarray(image))
+            self._started = True
         out = []
         for face in result.multi_face_landmarks or ():
             xy = np.array([(p.x, p.y) for p in face.landmark], dtype=np.float32) * np.float32([W, H])
@@ -63,7 +122,8 @@ class FaceLandmarker:
         return found[face_index] if face_index < len(found) else None
 
     def close(self) -> None:
-        self._mesh.close()
+        with _quiet_native_logs():
+            self._mesh.close()
 
     def __enter__(self):
         return self

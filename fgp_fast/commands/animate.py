@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..cli import CLIError
-from .common import ProgressBar, check_output, edit_args, load_renderer
+from .common import ProgressBar, check_fps, check_output, edit_args, load_renderer, refuse_same_file
 
 SCRIPT_HELP = ("A script is JSON/YAML: {fps: 25, keyframes: [{t: 0}, {t: 1.0, mouthSmile_L: 0.6, yaw: 15}]}; "
                "expression values are changes from the portrait, yaw/pitch/roll degrees from its pose.")
@@ -41,23 +41,27 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..heads import load_head_model
     from ..media import fit_size, load_image, resize
-    from ..motion import apply_edits, load_driver
+    from ..motion import Driver, apply_edits
     from ..portrait import Portrait
 
     if args.face_index < 0:
         raise CLIError(f"--face-index must be >= 0, got {args.face_index}")
     if not 16 <= args.size <= 4096:
         raise CLIError(f"--size must be in [16, 4096], got {args.size}")
+    check_fps(args.fps)
+    refuse_same_file(args.out, source=args.source, driver=args.driver)
     check_output(args.out)
     renderer = load_renderer(args)
     start = time.perf_counter()
     edits = edit_args(args.edit, load_head_model("ict").expression_names)
+    # Every input is read (image sizes checked from their headers) before the portrait is fitted.
     image = load_image(args.source)
+    driver = Driver(args.driver)
     image = resize(image, *fit_size(*image.shape[:2], args.size))
     portrait = Portrait(image, str(args.source), args.face_index, renderer=renderer)
     bar = ProgressBar()
-    driven = load_driver(args.driver, portrait.motion(), portrait.head.expression_names, args.mode,
-                         args.face_index, cache=not args.no_cache, progress=bar)
+    driven = driver.drive(portrait.motion(), portrait.head.expression_names, args.mode, args.face_index,
+                          cache=not args.no_cache, progress=bar)
     fps = args.fps or driven.fps or 25.0
     motion = apply_edits(driven.motion, edits, portrait.head.expression_names)
     side = None

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import CLIError
-from .common import ProgressBar
+from .common import ProgressBar, output_dir
 
 # Changes from the portrait's own expression; angles in degrees from its pose.
 DEMO_SCRIPT = {
@@ -53,18 +53,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.size % 2 or not 64 <= args.size <= 2048:
         raise CLIError(f"--size must be even and in [64, 2048], got {args.size}")
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CLIError(f"cannot create output directory {args.out}: {exc}") from None
     start = time.perf_counter()
-    image, _ = astronaut_portrait(args.size)
-    portrait = Portrait(image, "the astronaut portrait")
-    motion, fps = script_motion(DEMO_SCRIPT, portrait.motion(), portrait.head.expression_names, "demo script")
-    video = args.out / "demo.mp4"
-    n = portrait.write_video(motion, video, fps, progress=ProgressBar())
-    picks = np.linspace(0, n - 1, SHEET_FRAMES).round().astype(int)
-    sheet = save_png(contact_sheet([portrait.render(motion, int(i)) for i in picks]), args.out / "contact_sheet.png")
+    with output_dir(args.out):
+        image, _ = astronaut_portrait(args.size)
+        portrait = Portrait(image, "the astronaut portrait")
+        motion, fps = script_motion(DEMO_SCRIPT, portrait.motion(), portrait.head.expression_names, "demo script")
+        video = args.out / "demo.mp4"
+        n = portrait.write_video(motion, video, fps, progress=ProgressBar())
+        picks = np.linspace(0, n - 1, SHEET_FRAMES).round().astype(int)
+        sheet = save_png(contact_sheet([portrait.render(motion, int(i)) for i in picks]),
+                         args.out / "contact_sheet.png")
     print(f"wrote {video} ({n} frames, {fps:g} fps, {args.size}x{args.size}) and {sheet}; "
           f"fit error {float(portrait.fit.error_px[0]):.2f} px; {time.perf_counter() - start:.1f} s")
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import metrics
 from ..cli import CLIError
-from .common import ProgressBar
+from .common import ProgressBar, refuse_same_file
 
 ADAPTERS = ("csim", "lpips", "fid")
 
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.face_index < 0:
         raise CLIError(f"--face-index must be >= 0, got {args.face_index}")
+    refuse_same_file(args.json, "json", generated=args.generated, driver=args.driver, source=args.source)
     bar = ProgressBar()
     (generated, _, gen_fit), (driver, _, drv_fit) = (track_file(path, args.face_index, progress=bar)
                                                       for path in (args.generated, args.driver))
@@ -57,5 +58,8 @@ def run(args: argparse.Namespace) -> int:
     extra = "".join(f", {k} {results[k]:.4f}" for k in ("CSIM", "LPIPS", "FID") if k in results)
     print(f"APD {results['APD']:.2f} deg, AED {results['AED']:.4f} over {results['frames']} frames{extra}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        from ..media import atomic_write
+
+        with atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps(results, indent=2))
     return 0

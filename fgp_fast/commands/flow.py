@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import CLIError
-from .common import edit_args
+from .common import edit_args, output_dir
 
 
 def add_parser(sub) -> None:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import ops
     from ..camera import Camera
     from ..heads import load_head_model
-    from ..media import colormap, save_png
+    from ..media import atomic_write_all, colormap, save_png
     from ..render import procedural_texture, render_textured, warp_render
 
     if args.size < 8 or args.size > 4096:
@@ -54,32 +54,30 @@ def run(args: argparse.Namespace) -> int:
     v_src, v_tgt = head(src), head(tgt)
     faces = head.faces
     camera = Camera.frame_head(v_src[0], args.size)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CLIError(f"cannot create output directory {args.out}: {exc}") from None
+    with output_dir(args.out) as out:
+        start = time.perf_counter()
+        flow, aux = ops.flow_encode(v_tgt, v_src, faces, camera, n_samples=args.samples, delta=args.delta,
+                                    sampling=args.sampling, backend=args.backend, return_aux=True)
+        seconds = time.perf_counter() - start
+        mask = aux["mask"][0]
+        N = args.samples
+        magnitude = flow[0].view(N, 3, args.size, args.size).norm(dim=1).mean(0)
 
-    start = time.perf_counter()
-    flow, aux = ops.flow_encode(v_tgt, v_src, faces, camera, n_samples=args.samples, delta=args.delta,
-                                sampling=args.sampling, backend=args.backend, return_aux=True)
-    seconds = time.perf_counter() - start
-    mask = aux["mask"][0]
-    N = args.samples
-    magnitude = flow[0].view(N, 3, args.size, args.size).norm(dim=1).mean(0)
+        texture = procedural_texture(512, seed=0)
+        src_img, _ = render_textured(v_src, faces, head.faces_uv, head.uv, texture, camera, background=0.8)
+        tgt_img, _ = render_textured(v_tgt, faces, head.faces_uv, head.uv, texture, camera, background=0.8)
+        warped = warp_render(src_img, v_src, v_tgt, faces, camera).image
 
-    texture = procedural_texture(512, seed=0)
-    src_img, _ = render_textured(v_src, faces, head.faces_uv, head.uv, texture, camera, background=0.8)
-    tgt_img, _ = render_textured(v_tgt, faces, head.faces_uv, head.uv, texture, camera, background=0.8)
-    warped = warp_render(src_img, v_src, v_tgt, faces, camera).image
-
-    out = args.out
-    save_png(colormap(aux["depth"][0], mask), out / "depth.png")
-    save_png(colormap(magnitude * 1000, vmin=0.0), out / "flow_magnitude.png")
-    save_png(src_img, out / "source.png")
-    save_png(tgt_img, out / "target.png")
-    save_png(warped, out / "warp_preview.png")
-    np.save(out / "flow.npy", flow[0].float().numpy())
+        images = {"depth.png": colormap(aux["depth"][0], mask),
+                  "flow_magnitude.png": colormap(magnitude * 1000, vmin=0.0),
+                  "source.png": src_img, "target.png": tgt_img, "warp_preview.png": warped}
+        names = ["flow.npy", *images]
+        with atomic_write_all([out / n for n in names]) as tmps:  # the whole set, or none of it
+            with open(tmps[0], "wb") as fh:
+                np.save(fh, flow[0].float().numpy())
+            for tmp, image in zip(tmps[1:], images.values()):
+                save_png(image, tmp)
     print(f"flow {tuple(flow.shape)} in {seconds:.2f} s (backend {args.backend}); head pixels "
           f"{int(mask.sum())}/{mask.numel()}; mean |flow| on the head {float(magnitude[mask].mean()) * 1000:.2f} mm")
-    print(f"wrote {', '.join(p.name for p in sorted(out.iterdir()) if not p.name.startswith('.'))} to {out}")
+    print(f"wrote {', '.join(sorted(names))} to {out}")
     return 0

@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .common import check_output
+    from .common import check_output, refuse_same_file
 
     try:
         from ..stream.client import Client, ServerError, stream_frames
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"fgp stream needs the 'websockets' package (pip install -e '.[serve]'): {exc}") from None
     from ..media import VideoWriter, read_video
 
+    refuse_same_file(args.out, driver=args.driver, source=args.source)
     check_output(args.out)
     edits = _edits(args.edit)
     frames, fps = read_video(args.driver)

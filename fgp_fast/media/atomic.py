@@ -4,6 +4,7 @@ SIGTERM) never see a half-written output. The one helper every writer in fgp_fas
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import shutil
@@ -95,6 +96,11 @@ def atomic_write_all(finals: Sequence[str | os.PathLike]) -> Iterator[list[Path]
         for t in targets:
             t.abort()
         raise
+    for t in targets:  # the likely rename failure, found before any member is renamed
+        if t.final.is_dir() and not t.final.is_symlink():
+            for u in targets:
+                u.abort()
+            raise IsADirectoryError(errno.EISDIR, "cannot replace a directory with a file", str(t.final))
     try:
         for i, t in enumerate(targets):
             t.commit()

@@ -9,9 +9,9 @@ import numpy as np
 
 from ..progress import Progress
 from .drive import Motion, drive
-from .script import load_script
+from .script import read_script, script_motion
 
-__all__ = ["SCRIPT_SUFFIXES", "Driven", "load_driver"]
+__all__ = ["SCRIPT_SUFFIXES", "Driven", "Driver", "load_driver"]
 
 SCRIPT_SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -24,23 +24,42 @@ class Driven:
     filled: int = 0                   # driver frames without a face, filled from their neighbours
 
 
+class Driver:
+    """A driver opened and checked: a ``.json``/``.yaml`` file is a keyframe script (parsed now),
+    any other file a video and a directory a folder of frames (decoded now, image limits checked
+    from the headers first). Opening it before the portrait is fitted makes a bad driver fail fast.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        from ..media import read_frames
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"driver not found: {self.path}")
+        self.script = self.frames = self.fps = None
+        if self.path.is_file() and self.path.suffix.lower() in SCRIPT_SUFFIXES:
+            self.script = read_script(self.path)
+        else:
+            self.frames, self.fps = read_frames(self.path)
+
+    def drive(self, source: Motion, expression_names: tuple[str, ...], mode: str = "relative",
+              face_index: int = 0, cache: bool = True, progress: Progress | None = None) -> Driven:
+        """The driver carried onto ``source`` (the portrait's own one-frame motion). Videos and
+        folders are tracked and fitted (:func:`fgp_fast.fitting.track.track_file`, cached per
+        video unless ``cache=False``)."""
+        from ..fitting.track import track_file
+
+        if self.script is not None:
+            motion, fps = script_motion(self.script, source, expression_names, str(self.path))
+            return Driven(motion, fps, None, 0)
+        _, _, fit = track_file(self.path, face_index, cache=cache, progress=progress, frames=self.frames,
+                               fps=self.fps)
+        return Driven(drive(source, Motion(fit.rotation, fit.expression), mode), self.fps, self.frames,
+                      int((~fit.tracked).sum()))
+
+
 def load_driver(path: str | os.PathLike, source: Motion, expression_names: tuple[str, ...],
                 mode: str = "relative", face_index: int = 0, cache: bool = True,
                 progress: Progress | None = None) -> Driven:
-    """The driver at ``path`` carried onto ``source`` (the portrait's own one-frame motion).
-
-    A ``.json``/``.yaml`` file is a keyframe script (:mod:`fgp_fast.motion.script`); any other
-    file is a video and a directory a folder of frames, both tracked and fitted
-    (:func:`fgp_fast.fitting.track.track_file`, cached per video unless ``cache=False``).
-    """
-    from ..fitting.track import track_file
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"driver not found: {path}")
-    if path.is_file() and path.suffix.lower() in SCRIPT_SUFFIXES:
-        motion, fps = load_script(path, source, expression_names)
-        return Driven(motion, fps, None, 0)
-    frames, fps, fit = track_file(path, face_index, cache=cache, progress=progress)
-    motion = drive(source, Motion(fit.rotation, fit.expression), mode)
-    return Driven(motion, fps, frames, int((~fit.tracked).sum()))
+    """``Driver(path).drive(...)``: the driver at ``path`` carried onto ``source``."""
+    return Driver(path).drive(source, expression_names, mode, face_index, cache, progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,14 @@ from ..errors import InputError
 from .drive import Motion
 from .edits import ANGLES, make_edit
 
-__all__ = ["MAX_SCRIPT_SECONDS", "load_script", "script_motion"]
+__all__ = ["MAX_SCRIPT_SECONDS", "load_script", "read_script", "script_motion"]
 
 MAX_SCRIPT_SECONDS = 3600.0
 
 
-def _read_script(path: Path) -> dict:
+def read_script(path: str | os.PathLike) -> dict:
+    """A JSON or YAML script file, parsed and checked for a non-empty keyframe list."""
+    path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -89,4 +92,4 @@ def script_motion(data: dict, source: Motion, expression_names: tuple[str, ...],
 def load_script(path, source: Motion, expression_names: tuple[str, ...]) -> tuple[Motion, float]:
     """A JSON or YAML keyframe script (see :func:`script_motion`) -> (motion, fps)."""
     path = Path(path)
-    return script_motion(_read_script(path), source, expression_names, str(path))
+    return script_motion(read_script(path), source, expression_names, str(path))
