@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     flow, aux = ops.flow_encode(v_tgt, v_src, faces, camera, n_samples=args.samples, delta=args.delta,
                                 sampling=args.sampling, backend=args.backend, return_aux=True)
     seconds = time.perf_counter() - start
-    mask = aux["mask"][0]
+    mask = aux.mask[0]
     N = args.samples
     magnitude = flow[0].view(N, 3, args.size, args.size).norm(dim=1).mean(0)
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     warped = warp_render(src_img, v_src, v_tgt, faces, camera).image
 
     out = args.out
-    save_png(colormap(aux["depth"][0], mask), out / "depth.png")
+    save_png(colormap(aux.depth[0], mask), out / "depth.png")
     save_png(colormap(magnitude * 1000, vmin=0.0), out / "flow_magnitude.png")
     save_png(src_img, out / "source.png")
     save_png(tgt_img, out / "target.png")
