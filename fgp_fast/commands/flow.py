@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         flow, aux = ops.flow_encode(v_tgt, v_src, faces, camera, n_samples=args.samples, delta=args.delta,
                                     sampling=args.sampling, backend=args.backend, return_aux=True)
         seconds = time.perf_counter() - start
-        mask = aux["mask"][0]
+        mask = aux.mask[0]
         N = args.samples
         magnitude = flow[0].view(N, 3, args.size, args.size).norm(dim=1).mean(0)
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         tgt_img, _ = render_textured(v_tgt, faces, head.faces_uv, head.uv, texture, camera, background=0.8)
         warped = warp_render(src_img, v_src, v_tgt, faces, camera).image
 
-        images = {"depth.png": colormap(aux["depth"][0], mask),
+        images = {"depth.png": colormap(aux.depth[0], mask),
                   "flow_magnitude.png": colormap(magnitude * 1000, vmin=0.0),
                   "source.png": src_img, "target.png": tgt_img, "warp_preview.png": warped}
         names = ["flow.npy", *images]
