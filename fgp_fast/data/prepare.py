@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..progress import Progress
 
 __all__ = ["VIDEO_EXTENSIONS", "PrepareReport", "PrepareSettings", "clip_name", "prepare", "prepare_clip"]
 
@@ -123,10 +124,11 @@ def prepare_clip(video: str | os.PathLike, out_dir: str | os.PathLike, settings:
 
 
 def prepare(videos: str | os.PathLike, out: str | os.PathLike, settings: PrepareSettings | None = None,
-            log: Callable[[str], None] = print, **options) -> PrepareReport:
+            log: Callable[[str], None] = print, progress: Progress | None = None, **options) -> PrepareReport:
     """Prepare every video under ``videos`` into ``out``; returns what was done. Resumable.
 
-    ``settings`` (or its fields as keyword ``options``): see :class:`PrepareSettings`.
+    ``settings`` (or its fields as keyword ``options``): see :class:`PrepareSettings`. ``log``
+    gets one line per video; ``progress("clips", done, total)`` after each.
     """
     settings = settings or PrepareSettings(**options)
     settings.check()
@@ -152,11 +154,15 @@ def prepare(videos: str | os.PathLike, out: str | os.PathLike, settings: Prepare
             except (ValueError, FileNotFoundError, OSError) as exc:
                 report.skipped.append({"video": str(video), "reason": str(exc)})
                 log(f"[{i + 1}/{len(files)}] skipped {video}: {exc}")
+                if progress:
+                    progress("clips", i + 1, len(files))
                 continue
             report.prepared.append(name)
             log(f"[{i + 1}/{len(files)}] {name}: {info['frames']} frames")
         clips[name] = {"name": name, "frames": info["frames"], "fps": info["fps"], "video": info["video"]}
         _write_manifest(out, settings.size, clips, report.skipped)  # after every clip: an interrupted run keeps its work
+        if progress:
+            progress("clips", i + 1, len(files))
     _write_manifest(out, settings.size, clips, report.skipped)
     return report
 

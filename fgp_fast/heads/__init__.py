@@ -5,26 +5,13 @@ from .base import HeadModel
 from .flame import FLAMEHead, convert_flame_to_npz
 from .ict import ICTHead
 from .params import NECK, HeadParams
+from . import rotation
 from .rotation import (axis_angle_to_euler, axis_angle_to_matrix, euler_to_axis_angle, euler_to_matrix,
                        matrix_to_axis_angle, matrix_to_euler)
 from ..errors import InputError
 
-__all__ = [
-    "HeadModel",
-    "HeadParams",
-    "NECK",
-    "ICTHead",
-    "FLAMEHead",
-    "load_head_model",
-    "convert_flame_to_npz",
-    "axis_angle_to_matrix",
-    "matrix_to_axis_angle",
-    "euler_to_matrix",
-    "matrix_to_euler",
-    "axis_angle_to_euler",
-    "euler_to_axis_angle",
-    "HEAD_MODELS",
-]
+__all__ = ["HeadModel", "HeadParams", "NECK", "ICTHead", "FLAMEHead", "load_head_model", "convert_flame_to_npz",
+           "HEAD_MODELS", *rotation.__all__]
 
 HEAD_MODELS = {"ict": ICTHead, "flame": FLAMEHead}
 
