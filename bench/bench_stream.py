@@ -146,14 +146,20 @@ def lockstep_run(url: str, jpegs: list[bytes], seconds: float, warmup: float = 2
 
 
 def write_random_weights(directory: str, steps: int) -> None:
-    """Random SD1.5-size weights in fp16 (half the bytes to write and load; the server casts)."""
+    """Random SD1.5-size weights in fp16 (half the bytes to write and load; the server casts),
+    initialised on the GPU where there is one."""
     import torch
+    from bench_diffusion import random_pipeline
 
-    from fgp_fast.pipeline import FGPortraitPipeline, PipelineConfig
+    from fgp_fast.pipeline import PipelineConfig
 
     t0 = time.perf_counter()
-    FGPortraitPipeline.random("sd15", config=PipelineConfig(num_steps=steps)).to(dtype=torch.float16) \
-        .save_pretrained(directory)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = random_pipeline("sd15", device, config=PipelineConfig(num_steps=steps)).to(dtype=torch.float16)
+    pipe.save_pretrained(directory)
+    del pipe
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     print(f"random SD1.5-size weights, {steps} steps, written to {directory} in {time.perf_counter() - t0:.0f} s",
           flush=True)
 

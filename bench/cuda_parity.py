@@ -51,6 +51,11 @@ def ict_batch(size: int):
     return vt, v_src.expand(2, -1, -1).contiguous(), head.faces.long(), Camera.frame_head(v_src, size)
 
 
+def aux_field(aux, name: str) -> torch.Tensor:
+    """A dict on main before issue 12's layout lands, the FlowAux named tuple after."""
+    return aux[name] if isinstance(aux, dict) else getattr(aux, name)
+
+
 def differences(a: torch.Tensor, b: torch.Tensor) -> dict:
     a, b = a.cpu(), b.cpu()
     diff = a != b
@@ -68,8 +73,8 @@ def ict_bitwise(size: int, n: int) -> list[dict]:
         cpp, aux_p = ops.flow_encode(vt, vs, faces, cam, backend="cpp", **kw)
         cu, aux_c = ops.flow_encode(vt.to(DEV), vs.to(DEV), faces.to(DEV), cam.to(device=DEV), backend=BACKEND, **kw)
         row = {"case": f"ICT head {size}x{size} N={n} B=2 {sampling}", "flow": differences(cu, cpp),
-               "face_id": differences(aux_c["face_id"], aux_p["face_id"]),
-               "depth": differences(aux_c["depth"], aux_p["depth"])}
+               "face_id": differences(aux_field(aux_c, "face_id"), aux_field(aux_p, "face_id")),
+               "depth": differences(aux_field(aux_c, "depth"), aux_field(aux_p, "depth"))}
         row["ok"] = all(row[k]["differing"] == 0 for k in ("flow", "face_id", "depth"))
         rows.append(row)
     return rows
@@ -97,8 +102,13 @@ def refit_repeat(seed: int, repeats: int) -> dict:
 
 
 def random_against_reference(count: int) -> list[dict]:
-    from fgp_fast.ops import testing   # the backend contract (one tie rule); absent before issue 12 lands
-
+    if count == 0:
+        return []
+    try:
+        from fgp_fast.ops import testing   # the backend contract (one tie rule), from issue 12's layout on
+    except ImportError as exc:
+        return [{"case": "random scenes vs reference", "skipped": f"{exc} (tests/test_native_cuda.py compares "
+                 "with the reference meanwhile)"}]
     rows = []
     for _ in range(count):
         seed = int.from_bytes(os.urandom(4), "little")
@@ -144,13 +154,16 @@ def main() -> int:
             traceback.print_exc()
             got = [{"case": part, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}]
         for row in got:
-            print(("ok   " if row["ok"] else "FAIL ") + json.dumps(row), flush=True)
+            print(("skip " if "skipped" in row else "ok   " if row["ok"] else "FAIL ") + json.dumps(row), flush=True)
         rows += got
+    ran = [r for r in rows if "skipped" not in r]
+    failed = sum(not r["ok"] for r in ran)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"cases": rows, "failed": sum(not r["ok"] for r in rows), "total": len(rows)}, fh, indent=1)
-    print(f"{sum(r['ok'] for r in rows)}/{len(rows)} parity cases ok")
-    return 0 if all(r["ok"] for r in rows) else 1
+            json.dump({"cases": rows, "failed": failed, "total": len(ran),
+                       "skipped": [r["case"] for r in rows if "skipped" in r]}, fh, indent=1)
+    print(f"{len(ran) - failed}/{len(ran)} parity cases ok, {len(rows) - len(ran)} skipped")
+    return 0 if failed == 0 else 1
 
 
 if __name__ == "__main__":

@@ -33,6 +33,13 @@ def scene(seed: int, size=(17, 23), batch: int = 2, device: str = "cuda"):
     return torch.stack(vt).float().to(device), torch.stack(vs).float().to(device), faces.to(device), cam
 
 
+def flow_encoder(faces, backend: str, **kwargs):
+    """ops.FlowEncoder(faces, backend=...) once issue 12's layout lands, native.FlowEncoder before."""
+    if hasattr(ops, "FlowEncoder"):
+        return ops.FlowEncoder(faces, backend=backend, **kwargs)
+    return native.FlowEncoder(faces, **kwargs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--refit", action="store_true", help="only build and refit BVHs (the racecheck case)")
@@ -51,7 +58,7 @@ def main() -> None:
         pts = (vt[:, :97] + 0.02 * torch.randn(2, 97, 3, device=dev)).contiguous()
         ops.surface_field(pts, vt, vs, faces, backend=backend)
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            enc = native.FlowEncoder(faces, n_samples=2, dtype=dtype)
+            enc = flow_encoder(faces, backend, n_samples=2, dtype=dtype)
             enc(vt, vs, cam)
             enc(vt + 0.001, vs, cam)   # the second frame refits
     if dev == "cuda":

@@ -153,6 +153,21 @@ def test_main_runs_every_group_and_reports_with_fake_steps(tmp_path, monkeypatch
     assert not (ROOT / "fgp_fast" / "kernels").is_symlink()   # the in-place link is removed again
 
 
+@pytest.mark.parametrize("script", [["bench/cuda_parity.py", "--device", "cpu", "--backend", "cpp", "--random", "1"],
+                                    ["bench/cuda_sanitize_case.py", "--device", "cpu"],
+                                    ["bench/cuda_sanitize_case.py", "--device", "cpu", "--refit"]])
+def test_gpu_check_scripts_run_on_the_cpu_backend(script, tmp_path):
+    """The parity and sanitizer-case scripts with the cpp backend in the cuda role: they run, and
+    the parity of cpp with itself holds bit for bit."""
+    out = subprocess.run([sys.executable, *script, *(["--json", str(tmp_path / "p.json")] if "parity" in script[0]
+                                                      else [])], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    if "parity" in script[0]:
+        r = json.loads((tmp_path / "p.json").read_text())
+        assert r["failed"] == 0 and r["total"] >= 4
+        assert gpu_all.headline(gpu_all.Outcome("parity", "g", "", 1, result=r)).startswith(f"{r['total']}/")
+
+
 def test_pytest_and_sanitizer_logs_are_read(tmp_path):
     (tmp_path / "logs").mkdir()
     cases = {
