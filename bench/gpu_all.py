@@ -535,11 +535,10 @@ def _start_and_wait(group, facts, work, outcomes, deadline, log, running) -> Non
         for item in list(running):
             step, proc, logfile, t0 = item
             out = outcomes[step.name]
-            timed_out = time.monotonic() - t0 > out.timeout_s
+            timed_out = proc.poll() is None and time.monotonic() - t0 > out.timeout_s
             if proc.poll() is None and not timed_out:
                 continue
-            if proc.poll() is None:
-                _kill(proc)
+            _kill(proc)   # at its timeout; or what it left running (a server, compile workers)
             logfile.close()
             running.remove(item)
             out.seconds, out.rc = round(time.monotonic() - t0, 1), proc.returncode
@@ -560,9 +559,12 @@ def finish(step: Step, out: Outcome, work: Path, timed_out: bool) -> None:
         out.result = parse_pytest(text)
     elif step.kind == "sanitizer":
         out.result = parse_sanitizer(text)
-    if timed_out:
-        out.status = "partial" if out.result else "timeout"
+    if timed_out:   # what a benchmark's JSON already holds is kept
+        out.status = "partial" if step.kind == "run" and out.result else "timeout"
         out.reason = out.reason or f"killed after {out.timeout_s:.0f} s"
+    elif step.kind == "sanitizer" and out.result.get("errors"):
+        first = out.result["first_reports"][:1]
+        out.status, out.reason = "fail", f"{out.result['errors']} sanitizer errors" + (f": {first[0]}" if first else "")
     elif out.rc != 0:
         out.status = "fail"
         out.reason = out.reason or last_error(text) or f"exit status {out.rc}"
