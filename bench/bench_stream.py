@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         write_random_weights(args.prepare_weights, args.steps)
         return 0
 
-    from fgp_fast.stream.clip import driver_clip
+    from fgp_fast.samples import driver_clip
     from fgp_fast.stream.protocol import encode_image
 
     jpegs = [encode_image(f) for f in driver_clip(args.driver_size, 50, 25.0)]

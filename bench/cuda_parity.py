@@ -27,10 +27,8 @@ import torch
 from fgp_fast import ops
 from fgp_fast.camera import Camera
 from fgp_fast.heads import load_head_model
-from fgp_fast.ops import native
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from meshes import deform, random_blob, random_camera  # noqa: E402
+from fgp_fast.ops import native, testing
+from fgp_fast.ops.scenes import deform, random_blob, random_camera
 
 DEV, BACKEND = "cuda", "cuda"  # the device and backend under test (--device, --backend)
 
@@ -51,11 +49,6 @@ def ict_batch(size: int):
     return vt, v_src.expand(2, -1, -1).contiguous(), head.faces.long(), Camera.frame_head(v_src, size)
 
 
-def aux_field(aux, name: str) -> torch.Tensor:
-    """A dict on main before issue 12's layout lands, the FlowAux named tuple after."""
-    return aux[name] if isinstance(aux, dict) else getattr(aux, name)
-
-
 def differences(a: torch.Tensor, b: torch.Tensor) -> dict:
     a, b = a.cpu(), b.cpu()
     diff = a != b
@@ -73,8 +66,7 @@ def ict_bitwise(size: int, n: int) -> list[dict]:
         cpp, aux_p = ops.flow_encode(vt, vs, faces, cam, backend="cpp", **kw)
         cu, aux_c = ops.flow_encode(vt.to(DEV), vs.to(DEV), faces.to(DEV), cam.to(device=DEV), backend=BACKEND, **kw)
         row = {"case": f"ICT head {size}x{size} N={n} B=2 {sampling}", "flow": differences(cu, cpp),
-               "face_id": differences(aux_field(aux_c, "face_id"), aux_field(aux_p, "face_id")),
-               "depth": differences(aux_field(aux_c, "depth"), aux_field(aux_p, "depth"))}
+               "face_id": differences(aux_c.face_id, aux_p.face_id), "depth": differences(aux_c.depth, aux_p.depth)}
         row["ok"] = all(row[k]["differing"] == 0 for k in ("flow", "face_id", "depth"))
         rows.append(row)
     return rows
@@ -102,13 +94,6 @@ def refit_repeat(seed: int, repeats: int) -> dict:
 
 
 def random_against_reference(count: int) -> list[dict]:
-    if count == 0:
-        return []
-    try:
-        from fgp_fast.ops import testing   # the backend contract (one tie rule), from issue 12's layout on
-    except ImportError as exc:
-        return [{"case": "random scenes vs reference", "skipped": f"{exc} (tests/test_native_cuda.py compares "
-                 "with the reference meanwhile)"}]
     rows = []
     for _ in range(count):
         seed = int.from_bytes(os.urandom(4), "little")
@@ -117,7 +102,7 @@ def random_against_reference(count: int) -> list[dict]:
         vt = deform(v, gen).float()[None]
         cam = random_camera(gen, 20 + seed % 13, 24 + seed % 11).to(dtype=torch.float32)
         case = {"case": f"random blob vs reference (seed {seed}, {cam.height}x{cam.width})"}
-        try:
+        try:   # the backend contract: one tie rule, in fgp_fast.ops.testing
             testing.assert_flow_matches_reference(BACKEND, vt.to(DEV), v.float()[None].to(DEV), faces.to(DEV),
                                                   cam.to(device=DEV), n_samples=1 + seed % 6)
             case["ok"] = True
@@ -154,15 +139,13 @@ def main() -> int:
             traceback.print_exc()
             got = [{"case": part, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}]
         for row in got:
-            print(("skip " if "skipped" in row else "ok   " if row["ok"] else "FAIL ") + json.dumps(row), flush=True)
+            print(("ok   " if row["ok"] else "FAIL ") + json.dumps(row), flush=True)
         rows += got
-    ran = [r for r in rows if "skipped" not in r]
-    failed = sum(not r["ok"] for r in ran)
+    failed = sum(not r["ok"] for r in rows)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"cases": rows, "failed": failed, "total": len(ran),
-                       "skipped": [r["case"] for r in rows if "skipped" in r]}, fh, indent=1)
-    print(f"{len(ran) - failed}/{len(ran)} parity cases ok, {len(rows) - len(ran)} skipped")
+            json.dump({"cases": rows, "failed": failed, "total": len(rows)}, fh, indent=1)
+    print(f"{len(rows) - failed}/{len(rows)} parity cases ok")
     return 0 if failed == 0 else 1
 
 

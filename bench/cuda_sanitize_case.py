@@ -10,16 +10,12 @@ and odd-sized (sizes that do not divide a block) so partial blocks and tails are
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 
 from fgp_fast import ops
 from fgp_fast.ops import native
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from meshes import deform, random_blob, random_camera  # noqa: E402
+from fgp_fast.ops.scenes import deform, random_blob, random_camera
 
 
 def scene(seed: int, size=(17, 23), batch: int = 2, device: str = "cuda"):
@@ -31,13 +27,6 @@ def scene(seed: int, size=(17, 23), batch: int = 2, device: str = "cuda"):
         vt.append(deform(v, gen))
     cam = random_camera(gen, *size).to(device=device, dtype=torch.float32)
     return torch.stack(vt).float().to(device), torch.stack(vs).float().to(device), faces.to(device), cam
-
-
-def flow_encoder(faces, backend: str, **kwargs):
-    """ops.FlowEncoder(faces, backend=...) once issue 12's layout lands, native.FlowEncoder before."""
-    if hasattr(ops, "FlowEncoder"):
-        return ops.FlowEncoder(faces, backend=backend, **kwargs)
-    return native.FlowEncoder(faces, **kwargs)
 
 
 def main() -> None:
@@ -58,7 +47,7 @@ def main() -> None:
         pts = (vt[:, :97] + 0.02 * torch.randn(2, 97, 3, device=dev)).contiguous()
         ops.surface_field(pts, vt, vs, faces, backend=backend)
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            enc = flow_encoder(faces, backend, n_samples=2, dtype=dtype)
+            enc = ops.FlowEncoder(faces, backend=backend, n_samples=2, dtype=dtype)
             enc(vt, vs, cam)
             enc(vt + 0.001, vs, cam)   # the second frame refits
     if dev == "cuda":

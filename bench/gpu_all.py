@@ -621,9 +621,8 @@ def headline(out: Outcome) -> str:
         if isinstance(r, dict) and "first_reports" in r:
             return f"{r['errors']} errors" + (f"; {r['first_reports'][0]}" if r["first_reports"] else "")
         if out.name == "parity" and isinstance(r, dict):
-            bad = [c["case"] for c in r["cases"] if not c.get("ok", True)]
-            return (f"{r['total'] - r['failed']}/{r['total']} ok" + (f"; failing: {'; '.join(bad)[:150]}" if bad else "")
-                    + (f"; skipped: {'; '.join(r['skipped'])}" if r.get("skipped") else ""))
+            bad = [c["case"] for c in r["cases"] if not c["ok"]]
+            return f"{r['total'] - r['failed']}/{r['total']} ok" + (f"; failing: {'; '.join(bad)[:150]}" if bad else "")
         if out.name in ("flow_bench", "triton_bench") and isinstance(r, list):
             return "; ".join(f"{row.get('mesh', '')[:5]} {row['method'][:28]} {row['ms_per_frame']:.3g} ms"
                              for row in r if "ms_per_frame" in row)[:230]
