@@ -389,15 +389,16 @@ def unpack_wheels(src: Path | None = None, sites: dict[str, str] | None = None) 
 
 
 def build(work: Path, result: Path) -> int:
-    """setup.py build_ext into ``work`` (both extensions in parallel, ninja inside each), then move the
+    """setup.py build_ext into ``work`` (ninja, MAX_JOBS = the CPU count), then move the
     modules into fgp_fast/ atomically (steps running beside the build never see half a file), then
     check in a fresh interpreter that both backends load."""
     t0 = time.perf_counter()
     env = dict(os.environ, FGP_BUILD_CUDA="1", MAX_JOBS=os.environ.get("MAX_JOBS", str(os.cpu_count() or 4)))
     print(f"TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', '(setup.py default)')} MAX_JOBS={env['MAX_JOBS']} "
           f"ninja={shutil.which('ninja')}", flush=True)
-    argv = [sys.executable, "setup.py", "build_ext", "-j", "2", "--build-temp", str(work / "temp"),
-            "--build-lib", str(work / "lib")]
+    # one extension after the other (no build_ext -j: torch writes each one's build.ninja into the
+    # same build-temp folder); ninja compiles the files of each in parallel
+    argv = [sys.executable, "setup.py", "build_ext", "--build-temp", str(work / "temp"), "--build-lib", str(work / "lib")]
     rc = subprocess.call(argv, cwd=ROOT, env=env)
     info = {"seconds": round(time.perf_counter() - t0, 1), "rc": rc,
             "arch_list": env.get("TORCH_CUDA_ARCH_LIST"), "ninja": shutil.which("ninja") is not None}
