@@ -183,6 +183,23 @@ def bench_cpu(name, vs, vt, faces, size, n, threads, repeat, rows, anchors):
         rows.append({"mesh": name, "method": k, "threads": thr, "ms_per_frame": 1e3 * t, "mqueries_per_s": P / t / 1e6})
 
 
+def _event_times(encode, poses, repeat: int) -> list[float]:
+    """CUDA-event milliseconds of ``encode(pose)`` over rotating poses, after 10 warm-up calls (the
+    first call of the Triton encoder autotunes: ~13 configs compile)."""
+    for k in range(10):
+        encode(poses[k % len(poses)])
+    torch.cuda.synchronize()
+    times = []
+    for k in range(repeat):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        encode(poses[k % len(poses)])
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return times
+
+
 def bench_cuda(name, vs, vt, faces, size, n, repeat, rows, brute_points=1 << 15):
     dev = "cuda"
     cam = Camera.frame_head(vs, size).to(device=dev)
@@ -191,17 +208,7 @@ def bench_cuda(name, vs, vt, faces, size, n, repeat, rows, brute_points=1 << 15)
     poses = [((vt_d - vt_d.mean(0)) @ yaw(d).to(dev).T + vt_d.mean(0))[None].contiguous() for d in (-2, -1, 0, 1, 2)]
     enc = ops.FlowEncoder(f_d, backend="cuda", n_samples=n, dtype=torch.float16, validate=False)
     out = torch.empty(1, 3 * n, size, size, dtype=torch.float16, device=dev)
-    for k in range(10):
-        enc(poses[k % 5], vs_d[None], cam, out=out)
-    torch.cuda.synchronize()
-    times = []
-    for k in range(repeat):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        enc(poses[k % 5], vs_d[None], cam, out=out)
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
+    times = _event_times(lambda p: enc(p, vs_d[None], cam, out=out), poses, repeat)
     med = statistics.median(times)
     P = size * size * n
     print(f"\n== {name} on {torch.cuda.get_device_name()}: {size}x{size} N={n}, fp16 out")
@@ -215,17 +222,7 @@ def bench_cuda(name, vs, vt, faces, size, n, repeat, rows, brute_points=1 << 15)
     if why is None:
         t_out = torch.empty_like(out)
         t_enc = ops.FlowEncoder(f_d, backend="triton", n_samples=n, dtype=torch.float16, validate=False)
-        for k in range(10):   # the first call autotunes (~13 configs compile)
-            t_enc(poses[k % 5], vs_d[None], cam, out=t_out)
-        torch.cuda.synchronize()
-        t_times = []
-        for k in range(repeat):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            t_enc(poses[k % 5], vs_d[None], cam, out=t_out)
-            e.record()
-            e.synchronize()
-            t_times.append(s.elapsed_time(e))
+        t_times = _event_times(lambda p: t_enc(p, vs_d[None], cam, out=t_out), poses, repeat)
         t_med = statistics.median(t_times)
         print(f"   triton fused encode (raster + encode): median {t_med:.3f} ms (min {min(t_times):.3f}), "
               f"{t_med / med:.2f}x the cuda time; autotuned {triton_backend.last_config()}")

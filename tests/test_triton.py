@@ -51,6 +51,7 @@ def _interpreter_env(monkeypatch):
 
 
 from fgp_fast import ops  # noqa: E402
+from fgp_fast.camera import Camera  # noqa: E402
 from fgp_fast.errors import InputError  # noqa: E402
 from fgp_fast.ops import testing  # noqa: E402
 from fgp_fast.ops.scenes import blob_scene, deform, random_blob, random_camera  # noqa: E402
@@ -146,6 +147,18 @@ def test_bad_inputs_raise_before_launch(monkeypatch):
     with pytest.raises(TypeError):
         torch.ops.fgp_triton.flow_encode_out(vt, vs, faces, K, w2c, far, near, 2, 0.01, False,
                                              torch.empty(1, 6, H, W, device=DEVICE, dtype=torch.int32))
+
+
+def test_singular_camera_and_huge_vertices_raise_as_on_every_backend():
+    vt, vs, faces, cam = _scene(7)
+    K = cam.K.clone()
+    K[0, 0] = 0.0
+    huge = vt.clone()
+    huge[0, 1] = 1e30
+    with pytest.raises(InputError, match="K is singular"):
+        _encode(vt, vs, faces, Camera(K, cam.world_to_cam, H, W))
+    with pytest.raises(InputError, match="must be <= 1e\\+06"):
+        ops.FlowEncoder(faces, backend="triton")(huge, vs, cam)
 
 
 def test_unavailable_devices_report_a_reason(monkeypatch):
