@@ -145,9 +145,12 @@ FGP_HD void offer_tri(const float* __restrict__ tris, int k, Vec3 p, Hit& hit) {
 }
 
 // The answer under the tie rule for p. `hit` may arrive seeded with candidates (their distance
-// bounds the search). Children are visited nearest first; the other child's box distance rides on
-// the stack so a stale entry is dropped without a reload. A box is skipped only when it is farther
-// than the tie bound, so every triangle of the final window is offered.
+// bounds the search). A box is skipped only when it is farther than the tie bound, so every
+// triangle of the final window is offered. "While-while" order (Aila & Laine): each iteration
+// descends through inner nodes, nearest child first (the other child's box distance rides on the
+// stack so a stale entry is dropped without a reload), until it reaches a leaf, tests the leaf's
+// triangles, then pops the next entry still within the bound; lanes of a warp thus run the
+// descent and the triangle tests as separate phases instead of interleaving them.
 FGP_HD void bvh_search(const BVHNode* __restrict__ nodes, const float* __restrict__ tris, Vec3 p, Hit& hit) {
   int stack_node[kBVHStack];
   float stack_d2[kBVHStack];
@@ -159,10 +162,8 @@ FGP_HD void bvh_search(const BVHNode* __restrict__ nodes, const float* __restric
     Vec3 lo, hi;
     int li, ui;
     load_node(nodes, node, lo, hi, li, ui);
-    if (li < 0) {
-      FGP_TRACE(kTraceLeaf);
-      for (int k = ~li; k < ui; ++k) offer_tri(tris, k, p, hit);
-    } else {
+    bool leaf = li < 0;
+    while (!leaf) {
       FGP_TRACE(kTraceInner);
       const float dl = node_dist2(nodes, li, p), dr = node_dist2(nodes, ui, p);
       int near_node = li, far_node = ui;
@@ -175,10 +176,14 @@ FGP_HD void bvh_search(const BVHNode* __restrict__ nodes, const float* __restric
         stack_d2[sp] = df;
         ++sp;
       }
-      if (dn <= hit.bound2) {
-        node = near_node;
-        continue;
-      }
+      if (!(dn <= hit.bound2)) break;
+      node = near_node;
+      load_node(nodes, node, lo, hi, li, ui);
+      leaf = li < 0;
+    }
+    if (leaf) {
+      FGP_TRACE(kTraceLeaf);
+      for (int k = ~li; k < ui; ++k) offer_tri(tris, k, p, hit);
     }
     // Pop the next entry still able to reach the tie bound.
     bool found = false;
