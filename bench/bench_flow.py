@@ -25,8 +25,9 @@ import time
 import numpy as np
 import torch
 
+from fgp_fast import ops
 from fgp_fast.camera import Camera
-from fgp_fast.ops import native, reference
+from fgp_fast.ops import flow_aux, native, reference
 
 ASSET = os.path.join(os.path.dirname(native.__file__), "..", "assets", "ict_facekit_head.npz")
 
@@ -79,9 +80,8 @@ def sample_points(vt, vs, faces, cam, n):
     B = 1
     r = native.native_rasterize(vt[None], faces, cam)
     z = cam.world_to_camera(vt[None])[..., 2]
-    depths = reference.sample_depths(r, z.amin(1), z.amax(1), n, 0.01, "depth")
+    pts = flow_aux.sample_points(r, cam, z.amin(1), z.amax(1), n, 0.01, "depth").reshape(-1, 3).contiguous()
     rays_cam = cam.pixel_rays(B)
-    pts = cam.camera_to_world(depths[..., None] * rays_cam[:, None]).reshape(-1, 3).contiguous()
     origin = cam.cam_to_world()[:3, 3]
     dirs = (rays_cam.reshape(-1, 3) @ cam.world_to_cam[:3, :3]).contiguous()  # world directions
     return pts, origin, dirs, r.mask.float().mean().item()
@@ -104,7 +104,7 @@ def interleaved_min(runs: dict, repeat: int) -> dict:
 def bench_cpu(name, vs, vt, faces, size, n, threads, repeat, rows, anchors):
     cam = Camera.frame_head(vs, size)
     P = size * size * n
-    enc = native.FlowEncoder(faces, n_samples=n, dtype=torch.float32, validate=False)
+    enc = ops.FlowEncoder(faces, backend="cpp", n_samples=n, dtype=torch.float32, validate=False)
     out = torch.empty(1, 3 * n, size, size)
     pts, origin, dirs, cover = sample_points(vt, vs, faces, cam, n)
     print(f"\n== {name}: V={vs.shape[0]} F={faces.shape[0]} {size}x{size} N={n} -> {P / 1e6:.2f} M queries, "
@@ -276,7 +276,7 @@ def bench_cuda(name, vs, vt, faces, size, n, repeat, rows, brute_points=1 << 15)
                      "mqueries_per_s": P / t["median_ms"] / 1e3, "device": gpu, **extra})
         return t["median_ms"]
 
-    enc = native.FlowEncoder(f_d, n_samples=n, dtype=torch.float16, validate=False)
+    enc = ops.FlowEncoder(f_d, backend="cuda", n_samples=n, dtype=torch.float16, validate=False)
     out = torch.empty(1, 3 * n, size, size, dtype=torch.float16, device=dev)
     step = lambda k: enc(poses[k % len(poses)], vs_d[None], cam, out=out)  # noqa: E731
     med = report("cuda fused encode (refit+raster+encode)", cuda_event_times(step, repeat))
@@ -286,23 +286,22 @@ def bench_cuda(name, vs, vt, faces, size, n, repeat, rows, brute_points=1 << 15)
     split = cuda_kernel_split(step)
     print(f"   per kernel (ms/frame): {', '.join(f'{k} {v:.3f}' for k, v in split.items())}")
     rows.append({"mesh": name, "method": "cuda per-kernel split", "kernels_ms": split, "device": gpu})
-    from fgp_fast import kernels
-    why = kernels.unavailable_reason(dev)
+    from fgp_fast.ops import triton as triton_backend
+    why = triton_backend.unavailable_reason(dev)
     if why is None:
         t_out = torch.empty_like(out)
-        t_step = lambda k: kernels.flow_encode(poses[k % len(poses)], vs_d[None], f_d, cam, n_samples=n,  # noqa: E731
-                                               out=t_out)
+        t_enc = ops.FlowEncoder(f_d, backend="triton", n_samples=n, dtype=torch.float16, validate=False)
+        t_step = lambda k: t_enc(poses[k % len(poses)], vs_d[None], cam, out=t_out)  # noqa: E731
         t_med = report("triton fused encode (raster+encode)", cuda_event_times(t_step, repeat),
-                       autotuned=kernels.last_config())
-        print(f"   triton / cuda = {t_med / med:.2f}x; autotuned {kernels.last_config()}")
+                       autotuned=triton_backend.last_config())
+        print(f"   triton / cuda = {t_med / med:.2f}x; autotuned {triton_backend.last_config()}")
         t_split = cuda_kernel_split(t_step)
         print(f"   triton per kernel (ms/frame): {', '.join(f'{k} {v:.3f}' for k, v in t_split.items())}")
         rows.append({"mesh": name, "method": "triton per-kernel split", "kernels_ms": t_split, "device": gpu})
         try:
             t_static = poses[0].clone()
             report("triton fused encode, CUDA-graph replay",
-                   cuda_graph_times(lambda: kernels.flow_encode(t_static, vs_d[None], f_d, cam, n_samples=n,
-                                                                out=t_out), t_static, poses, repeat))
+                   cuda_graph_times(lambda: t_enc(t_static, vs_d[None], cam, out=t_out), t_static, poses, repeat))
         except Exception as exc:  # noqa: BLE001 - the launch path may still sync the host
             print(f"   triton graph capture failed: {type(exc).__name__}: {exc}")
     else:
