@@ -75,12 +75,15 @@ def flame_sized_meshes(n_lat: int = 70, n_lon: int = 72):
     return v0, vt, faces
 
 
-def sample_points(vt, vs, faces, cam, n):
-    """The N*H*W world sample points of the flow (as the reference defines them) and pixel rays."""
+def sample_points(vt, vs, faces, cam, n, near=None, far=None):
+    """The N*H*W world sample points of the flow (as the reference defines them) and pixel rays;
+    background samples over [near, far] (default: the mesh's depth range)."""
     B = 1
     r = native.native_rasterize(vt[None], faces, cam)
     z = cam.world_to_camera(vt[None])[..., 2]
-    pts = flow_aux.sample_points(r, cam, z.amin(1), z.amax(1), n, 0.01, "depth").reshape(-1, 3).contiguous()
+    lo = z.amin(1) if near is None else torch.tensor([near])
+    hi = z.amax(1) if far is None else torch.tensor([far])
+    pts = flow_aux.sample_points(r, cam, lo, hi, n, 0.01, "depth").reshape(-1, 3).contiguous()
     rays_cam = cam.pixel_rays(B)
     origin = cam.cam_to_world()[:3, 3]
     dirs = (rays_cam.reshape(-1, 3) @ cam.world_to_cam[:3, :3]).contiguous()  # world directions
@@ -101,13 +104,14 @@ def interleaved_min(runs: dict, repeat: int) -> dict:
     return {k: (best[k], runs[k][1]) for k in runs}
 
 
-def bench_cpu(name, vs, vt, faces, size, n, threads, repeat, rows, anchors):
+def bench_cpu(name, vs, vt, faces, size, n, threads, repeat, rows, anchors, near=None, far=None):
     cam = Camera.frame_head(vs, size)
     P = size * size * n
     enc = ops.FlowEncoder(faces, backend="cpp", n_samples=n, dtype=torch.float32, validate=False)
     out = torch.empty(1, 3 * n, size, size)
-    pts, origin, dirs, cover = sample_points(vt, vs, faces, cam, n)
-    print(f"\n== {name}: V={vs.shape[0]} F={faces.shape[0]} {size}x{size} N={n} -> {P / 1e6:.2f} M queries, "
+    pts, origin, dirs, cover = sample_points(vt, vs, faces, cam, n, near, far)
+    span = "mesh depth range" if near is None else f"{near}-{far} m"
+    print(f"\n== {name}, background {span}: V={vs.shape[0]} F={faces.shape[0]} {size}x{size} N={n} -> {P / 1e6:.2f} M queries, "
           f"head covers {100 * cover:.0f}% of pixels")
     runs = {}
     saved = native.get_num_threads()
@@ -123,7 +127,7 @@ def bench_cpu(name, vs, vt, faces, size, n, threads, repeat, rows, anchors):
         return run
 
     for t in threads:
-        runs[f"cpp fused encode ({t} thr)"] = (with_threads(t, lambda: enc(vt[None], vs[None], cam, out=out)), t)
+        runs[f"cpp fused encode ({t} thr)"] = (with_threads(t, lambda: enc(vt[None], vs[None], cam, near, far, out=out)), t)
         runs[f"cpp surface_field op, unfused ({t} thr)"] = (
             with_threads(t, lambda: bvh.surface_field(pts[None], vs[None])), t)
     if "open3d" in anchors:
@@ -326,6 +330,10 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--mesh", default="both", choices=["ict", "flame", "both"])
     ap.add_argument("--anchors", default="open3d,warp")
+    ap.add_argument("--near", type=float, default=None, help="background range start (default: mesh depth range)")
+    ap.add_argument("--far", type=float, default=None)
+    ap.add_argument("--far-background", action="store_true",
+                    help="also run the far-background set: background 0.45-0.9 m (head at ~0.65 m)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if native.cpp_unavailable_reason("cpu") is not None:
@@ -341,7 +349,11 @@ def main():
     rows = []
     for name, vs, vt, faces in meshes:
         if args.device == "cpu":
-            bench_cpu(name, vs, vt, faces, args.size, args.n, threads, args.repeat, rows, args.anchors.split(","))
+            bench_cpu(name, vs, vt, faces, args.size, args.n, threads, args.repeat, rows, args.anchors.split(","),
+                      args.near, args.far)
+            if args.far_background:
+                bench_cpu(name + " far background", vs, vt, faces, args.size, args.n, threads, args.repeat, rows,
+                          args.anchors.split(","), 0.45, 0.9)
         else:
             bench_cuda(name, vs, vt, faces, args.size, args.n, max(args.repeat, 50), rows)
     if args.json:

@@ -35,7 +35,7 @@ void read(FILE* f, T* dst, size_t n) {
 }
 
 struct Stats {
-  double samples = 0, nodes = 0, tris = 0, seeds = 0, resolves = 0;
+  double samples = 0, nodes = 0, tris = 0, boxed = 0, seeds = 0, resolves = 0;
   double warp_instr = 0, lane_instr = 0;  // warps whose lanes are all of this class, or mixed
 };
 
@@ -152,7 +152,8 @@ int main(int argc, char** argv) {
           for (int lp = 0; lp < kLoops; ++lp)
             for (auto& it : ls[l].iters[lp]) {
               s.nodes += it[kTraceInner] + it[kTraceLeaf] + it[kTraceResolve];
-              s.tris += it[kTraceTri];
+              s.tris += it[kTraceExact];
+              s.boxed += it[kTraceTri];
             }
           s.resolves += !ls[l].iters[1].empty();
         }
@@ -191,6 +192,7 @@ int main(int argc, char** argv) {
         cls[k].samples += my_cls[k].samples;
         cls[k].nodes += my_cls[k].nodes;
         cls[k].tris += my_cls[k].tris;
+        cls[k].boxed += my_cls[k].boxed;
         cls[k].seeds += my_cls[k].seeds;
         cls[k].resolves += my_cls[k].resolves;
       }
@@ -213,8 +215,9 @@ int main(int argc, char** argv) {
   for (int k = 0; k < 2; ++k) {
     const double s = cls[k].samples > 0 ? cls[k].samples : 1;
     printf("  \"%s\": {\"samples\": %.0f, \"nodes_per_sample\": %.3f, \"tris_per_sample\": %.3f, "
-           "\"seeds_per_sample\": %.3f, \"lost_member_passes\": %.0f},\n",
-           names[k], cls[k].samples, cls[k].nodes / s, cls[k].tris / s, cls[k].seeds / s, cls[k].resolves);
+           "\"tri_boxes_per_sample\": %.3f, \"seeds_per_sample\": %.3f, \"lost_member_passes\": %.0f},\n",
+           names[k], cls[k].samples, cls[k].nodes / s, cls[k].tris / s, cls[k].boxed / s, cls[k].seeds / s,
+           cls[k].resolves);
   }
   const char* mixes[3] = {"head_warps", "background_warps", "mixed_warps"};
   for (int k = 0; k < 3; ++k)

@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CSRC = os.path.join(ROOT, "csrc")
 SASS_JSON = os.path.join(HERE, "cost_model_sass.json")
-EVENTS = ["sample", "seed", "iter", "inner", "leaf", "tri", "pop", "resolve"]   # csrc/bvh.h TraceEvent
+EVENTS = ["sample", "seed", "iter", "inner", "leaf", "tri", "pop", "resolve", "exact"]   # csrc/bvh.h TraceEvent
 # H200 SXM: 132 SMs x 4 warp schedulers, one warp-instruction each per cycle, 1.98 GHz boost
 ISSUE_PER_S = 132 * 4 * 1.98e9
 
@@ -64,7 +64,7 @@ def _regions(path: str) -> dict[int, str]:
     the last FGP_TRACE marker at or before the line (lines before the first marker: 'sample')."""
     lines = open(path).read().splitlines()
     out = {}
-    funcs = {"bvh_search": None, "bvh_resolve_lost": None, "offer_tri": "tri", "offer_face": "seed",
+    funcs = {"bvh_search": None, "bvh_resolve_lost": None, "offer_tri": None, "offer_face": "seed",
              "flow_pixel": None}
     i = 0
     while i < len(lines):
@@ -123,6 +123,7 @@ def calibrate() -> dict:
     copies = max(1, loads["tri"] // 3)
     per_event = {e: counts[e] for e in EVENTS}
     per_event["tri"] = counts["tri"] / copies
+    per_event["exact"] = counts["exact"] / copies
     res = {"events": per_event, "pixel": counts["pixel"], "tri_copies": copies, "total": sum(counts.values()),
            "source": "nvcc -cubin -arch=sm_90 -O3 -fmad=false csrc/cuda/kernels.cu; nvdisasm -c -gi (flow_kernel)",
            "sources_sha1": _sources_hash()}
@@ -160,9 +161,10 @@ def scene(mesh: str, size: int):
     return vs, vt, faces, Camera.frame_head(vs, size)
 
 
-def run(vs, vt, faces, cam, n: int, costs: dict, near=None, far=None, delta: float = 0.01) -> dict:
+def run(vs, vt, faces, cam, n: int, costs: dict, near=None, far=None, delta: float = 0.01,
+        leaf_size: int = 4) -> dict:
     from fgp_fast.ops import native
-    bvh = native.MeshBVH(faces, vt)
+    bvh = native.MeshBVH(faces, vt, leaf_size=leaf_size)
     r = native.native_rasterize(vt[None], faces, cam)
     key = np.where(r.mask[0].numpy(), (r.depth[0].numpy().astype(np.float32).view(np.uint32).astype(np.uint64) << 32)
                    | r.face_id[0].numpy().astype(np.uint64), np.uint64(0xFFFFFFFFFFFFFFFF)).astype(np.uint64)
@@ -199,6 +201,7 @@ def main():
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--near", type=float, default=None)
     ap.add_argument("--far", type=float, default=None)
+    ap.add_argument("--leaf-size", type=int, default=4, help="BVH leaf size (the backends use 4)")
     ap.add_argument("--threads", type=int, default=None, help="OpenMP threads of the driver")
     ap.add_argument("--calibrate", action="store_true", help="recount instructions from the sm_90 SASS (nvcc)")
     ap.add_argument("--json", default=None)
@@ -214,13 +217,14 @@ def main():
         if costs.get("sources_sha1") != _sources_hash():
             print("note: the SASS counts are from other sources than these (run --calibrate where nvcc is)")
     vs, vt, faces, cam = scene(args.mesh, args.size)
-    res = run(vs, vt, faces, cam, args.n, costs, args.near, args.far)
-    res.update(mesh=args.mesh, size=args.size, n=args.n, costs=costs)
+    res = run(vs, vt, faces, cam, args.n, costs, args.near, args.far, leaf_size=args.leaf_size)
+    res.update(mesh=args.mesh, size=args.size, n=args.n, leaf_size=args.leaf_size, costs=costs)
     print(f"{args.mesh} {args.size}x{args.size} N={args.n}: head on {100 * res['head_pixel_fraction']:.0f}% of pixels")
     for k in ("head", "background"):
         c = res[k]
-        print(f"  {k:10s} samples: {c['nodes_per_sample']:6.1f} nodes, {c['tris_per_sample']:6.1f} triangles "
-              f"(+{c['seeds_per_sample']:.1f} seeds), lost-member passes {c['lost_member_passes']:.0f}")
+        print(f"  {k:10s} samples: {c['nodes_per_sample']:6.1f} nodes, {c['tris_per_sample']:6.1f} exact triangle "
+              f"tests of {c['tri_boxes_per_sample']:.1f} offered (+{c['seeds_per_sample']:.1f} seeds), "
+              f"lost-member passes {c['lost_member_passes']:.0f}")
     print(f"  lane efficiency {100 * res['lane_efficiency']:.1f}%  "
           f"(head warps {100 * res['head_warps']['lane_efficiency']:.0f}%, background "
           f"{100 * res['background_warps']['lane_efficiency']:.0f}%, mixed {100 * res['mixed_warps']['lane_efficiency']:.0f}%)")

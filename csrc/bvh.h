@@ -21,9 +21,11 @@ struct BVHNode {
 // Cost-model hook (bench/cost_model.py): its driver defines FGP_TRACE(event) before including
 // this header to record the traversal's work; every real build compiles it to nothing.
 // Events: a sample starts, a seed triangle is tested, a traversal iteration starts, it handles an
-// inner node / a leaf, a triangle test, a stack pop, an iteration of the lost-member pass.
+// inner node / a leaf, a triangle is offered (box prefilter), a stack pop, an iteration of the
+// lost-member pass, an exact point-triangle test.
 enum TraceEvent : int {
-  kTraceSample, kTraceSeed, kTraceIter, kTraceInner, kTraceLeaf, kTraceTri, kTracePop, kTraceResolve, kTraceEvents
+  kTraceSample, kTraceSeed, kTraceIter, kTraceInner, kTraceLeaf, kTraceTri, kTracePop, kTraceResolve, kTraceExact,
+  kTraceEvents
 };
 #ifndef FGP_TRACE
 #define FGP_TRACE(event) ((void)0)
@@ -135,12 +137,20 @@ FGP_HD float node_dist2(const BVHNode* __restrict__ nodes, int k, Vec3 p) {
   return box_dist2(p, lo, hi);
 }
 
-// Offer leaf-ordered triangle k as a candidate (used to seed a query with a known-good bound).
+// Offer leaf-ordered triangle k as a candidate. The exact test (Ericson's regions, several
+// divisions) is skipped when the triangle's own box, padded like the leaf boxes so it stays a
+// lower bound of the computed distance, is already beyond the tie bound: for far samples most
+// triangles of a visited leaf are.
 FGP_HD void offer_tri(const float* __restrict__ tris, int k, Vec3 p, Hit& hit) {
+  FGP_TRACE(kTraceTri);
   Vec3 a, b, c;
   int face;
   load_tri(tris, k, a, b, c, face);
-  FGP_TRACE(kTraceTri);
+  Vec3 lo = Vec3{fmin3(a.x, b.x, c.x), fmin3(a.y, b.y, c.y), fmin3(a.z, b.z, c.z)};
+  Vec3 hi = Vec3{fmax3(a.x, b.x, c.x), fmax3(a.y, b.y, c.y), fmax3(a.z, b.z, c.z)};
+  const Vec3 pad = Vec3{box_pad(lo.x, hi.x), box_pad(lo.y, hi.y), box_pad(lo.z, hi.z)};
+  if (box_dist2(p, lo - pad, hi + pad) > hit.bound2) return;
+  FGP_TRACE(kTraceExact);
   hit_offer(hit, face, point_triangle_dist2(p, a, b, c));
 }
 
@@ -219,7 +229,7 @@ FGP_HD void bvh_resolve_lost(const BVHNode* __restrict__ nodes, const float* __r
         Vec3 a, b, c;
         int face;
         load_tri(tris, k, a, b, c, face);
-        FGP_TRACE(kTraceTri);
+        FGP_TRACE(kTraceExact);
         if (face < hit.face && point_triangle_dist2(p, a, b, c) <= bound2) hit.face = face;
       }
     } else if (sp + 2 <= kBVHStack) {

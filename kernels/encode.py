@@ -12,12 +12,13 @@ the tie bound of the minimum distance):
   seed   head pixels: the rasterised face (the sample lies on its ray, |t|*||ray|| from it), an
          exact candidate and an upper bound;
   pass A tiles with background samples: upper bound min_c |p - rep_c|^2 over all clusters
-         (rep_c lies on a triangle of cluster c);
-  pass B every cluster whose AABB lower bound can reach some sample's bound (small relative
-         slack against rounding; first a scalar box-to-tile-box test against the tile's largest
-         bound, then per sample) gets the dense BLOCK x C exact point-triangle test (Ericson's
-         regions, the same operations as fgp_fast.ops.geometry, in CS-wide slices) and a running
-         argmin; ties go to the lowest face index.
+         (rep_c lies on a triangle of cluster c), CB clusters per vector step;
+  pass B every cluster whose AABB lower bound can reach some sample's tie bound (small relative
+         slack against rounding; first a vector box-to-tile-box test of CB clusters at a time
+         against the tile's largest bound, then per cluster and per sample) gets the dense
+         BLOCK x C exact point-triangle test (Ericson's regions, the same operations as
+         fgp_fast.ops.geometry, in CS-wide slices) and a running tie-rule state (the lowest face
+         within the tie bound of the minimum).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ SLACK_REL = tl.constexpr(1e-4)   # cull only when lower bound > tie bound * (1 +
 SLACK_ABS = tl.constexpr(1e-12)  # m^2
 TIE_ABS = tl.constexpr(2.0 ** -17)   # the tie rule (docs/tie_rule.md; reference.TIE_ABS, TIE_REL)
 TIE_REL = tl.constexpr(2.0 ** -14)
+CB = tl.constexpr(64)   # cluster boxes tested per vector step (pass A and the first cull of pass B)
 
 
 # Reductions go through tl.reduce with the standard combine functions (what tl.min / tl.sum do):
@@ -287,21 +289,25 @@ def flow_encode_kernel(
     bound = best
 
     mbase = b64 * NC * 9
-    # ---- pass A: an upper bound for background samples from one point per cluster
+    # ---- pass A: an upper bound for background samples from one point per cluster, CB clusters
+    # per step (a BLOCK x CB distance tile)
     n_bg = _count(valid & (best == INF))
     if n_bg > 0:
-        for c in range(0, NC):
-            rx = tl.load(cmeta_ptr + mbase + c * 9 + 6)
-            ry = tl.load(cmeta_ptr + mbase + c * 9 + 7)
-            rz = tl.load(cmeta_ptr + mbase + c * 9 + 8)
-            ex = px - rx
-            ey = py - ry
-            ez = pz - rz
-            bound = tl.minimum(bound, ex * ex + ey * ey + ez * ez)
+        for c0 in range(0, NC, CB):
+            cc = c0 + tl.arange(0, CB)
+            ok = cc < NC
+            rx = tl.load(cmeta_ptr + mbase + cc * 9 + 6, mask=ok, other=INF)[None, :]
+            ry = tl.load(cmeta_ptr + mbase + cc * 9 + 7, mask=ok, other=INF)[None, :]
+            rz = tl.load(cmeta_ptr + mbase + cc * 9 + 8, mask=ok, other=INF)[None, :]
+            ex = px[:, None] - rx
+            ey = py[:, None] - ry
+            ez = pz[:, None] - rz
+            bound = tl.minimum(bound, _min1(ex * ex + ey * ey + ez * ez))
 
     # ---- pass B: cull clusters by their boxes against the tie bound, exact dense test on the
-    # survivors. First a scalar test of the cluster box against the box of the tile's samples and
-    # the tile's largest bound (no cross-thread work), then the per-sample test.
+    # survivors. CB cluster boxes at a time against the box of the tile's samples and the tile's
+    # largest bound (one vector test culls most of them), then per surviving block each cluster:
+    # the same scalar test with the bound found so far, the per-sample test, the dense test.
     tx0 = _min0(tl.where(valid, px, INF))
     ty0 = _min0(tl.where(valid, py, INF))
     tz0 = _min0(tl.where(valid, pz, INF))
@@ -311,26 +317,40 @@ def flow_encode_kernel(
     cull = _tie_bound2(bound) * (1.0 + SLACK_REL) + SLACK_ABS
     tile_bound = _max0(tl.where(valid, cull, 0.0))
     tbase = b64 * NC * 9 * C
-    for c in range(0, NC):
-        lox = tl.load(cmeta_ptr + mbase + c * 9 + 0)
-        loy = tl.load(cmeta_ptr + mbase + c * 9 + 1)
-        loz = tl.load(cmeta_ptr + mbase + c * 9 + 2)
-        hix = tl.load(cmeta_ptr + mbase + c * 9 + 3)
-        hiy = tl.load(cmeta_ptr + mbase + c * 9 + 4)
-        hiz = tl.load(cmeta_ptr + mbase + c * 9 + 5)
-        bx_ = tl.maximum(lox - tx1, 0.0) + tl.maximum(tx0 - hix, 0.0)
-        by_ = tl.maximum(loy - ty1, 0.0) + tl.maximum(ty0 - hiy, 0.0)
-        bz_ = tl.maximum(loz - tz1, 0.0) + tl.maximum(tz0 - hiz, 0.0)
-        n_need = 0
-        if bx_ * bx_ + by_ * by_ + bz_ * bz_ <= tile_bound:
-            n_need = _count(valid & (_box_lower(cmeta_ptr, mbase, c, px, py, pz) <= cull))
-        if n_need > 0:
-            for k in tl.static_range(0, C, CS):     # CS-wide slices keep the dense tile in registers
-                d2, fid = _slice_d2(px, py, pz, ctri_ptr, cface_ptr, tbase, c, k, C, CS)
-                best, best_f, sel2, forgot2, lost2 = _offer_slice(d2, fid, best, best_f, sel2, forgot2, lost2)
-            bound = tl.minimum(bound, best)
-            cull = _tie_bound2(bound) * (1.0 + SLACK_REL) + SLACK_ABS
-            tile_bound = _max0(tl.where(valid, cull, 0.0))
+    for c0 in range(0, NC, CB):
+        cc = c0 + tl.arange(0, CB)
+        ok = cc < NC
+        blo_x = tl.load(cmeta_ptr + mbase + cc * 9 + 0, mask=ok, other=INF)
+        blo_y = tl.load(cmeta_ptr + mbase + cc * 9 + 1, mask=ok, other=INF)
+        blo_z = tl.load(cmeta_ptr + mbase + cc * 9 + 2, mask=ok, other=INF)
+        bhi_x = tl.load(cmeta_ptr + mbase + cc * 9 + 3, mask=ok, other=INF)
+        bhi_y = tl.load(cmeta_ptr + mbase + cc * 9 + 4, mask=ok, other=INF)
+        bhi_z = tl.load(cmeta_ptr + mbase + cc * 9 + 5, mask=ok, other=INF)
+        gx = tl.maximum(blo_x - tx1, 0.0) + tl.maximum(tx0 - bhi_x, 0.0)
+        gy = tl.maximum(blo_y - ty1, 0.0) + tl.maximum(ty0 - bhi_y, 0.0)
+        gz = tl.maximum(blo_z - tz1, 0.0) + tl.maximum(tz0 - bhi_z, 0.0)
+        if _count(ok & (gx * gx + gy * gy + gz * gz <= tile_bound)) > 0:
+            for c in range(c0, tl.minimum(c0 + CB, NC)):
+                lox = tl.load(cmeta_ptr + mbase + c * 9 + 0)
+                loy = tl.load(cmeta_ptr + mbase + c * 9 + 1)
+                loz = tl.load(cmeta_ptr + mbase + c * 9 + 2)
+                hix = tl.load(cmeta_ptr + mbase + c * 9 + 3)
+                hiy = tl.load(cmeta_ptr + mbase + c * 9 + 4)
+                hiz = tl.load(cmeta_ptr + mbase + c * 9 + 5)
+                bx_ = tl.maximum(lox - tx1, 0.0) + tl.maximum(tx0 - hix, 0.0)
+                by_ = tl.maximum(loy - ty1, 0.0) + tl.maximum(ty0 - hiy, 0.0)
+                bz_ = tl.maximum(loz - tz1, 0.0) + tl.maximum(tz0 - hiz, 0.0)
+                n_need = 0
+                if bx_ * bx_ + by_ * by_ + bz_ * bz_ <= tile_bound:
+                    n_need = _count(valid & (_box_lower(cmeta_ptr, mbase, c, px, py, pz) <= cull))
+                if n_need > 0:
+                    for k in tl.static_range(0, C, CS):     # CS-wide slices keep the dense tile in registers
+                        d2, fid = _slice_d2(px, py, pz, ctri_ptr, cface_ptr, tbase, c, k, C, CS)
+                        best, best_f, sel2, forgot2, lost2 = _offer_slice(d2, fid, best, best_f, sel2, forgot2,
+                                                                          lost2)
+                    bound = tl.minimum(bound, best)
+                    cull = _tie_bound2(bound) * (1.0 + SLACK_REL) + SLACK_ABS
+                    tile_bound = _max0(tl.where(valid, cull, 0.0))
 
     # ---- rare: a window member dropped for a higher face may be inside the final window after the
     # kept face left it; then the lowest face within the final bound is searched directly.
