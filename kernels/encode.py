@@ -151,20 +151,20 @@ def _offer_slice(d2, fid, best, sel_f, sel2, forgot2, lost2):
 
 
 @triton.jit
+def _cluster_rows(ctri_ptr, cface_ptr, tbase, c, jj, C: tl.constexpr):
+    """Columns jj of cluster c's 9 structure-of-arrays rows (1, len(jj)) each, and their face ids."""
+    t = ctri_ptr + tbase + c * 9 * C + jj
+    return (tl.load(t + 0 * C)[None, :], tl.load(t + 1 * C)[None, :], tl.load(t + 2 * C)[None, :],
+            tl.load(t + 3 * C)[None, :], tl.load(t + 4 * C)[None, :], tl.load(t + 5 * C)[None, :],
+            tl.load(t + 6 * C)[None, :], tl.load(t + 7 * C)[None, :], tl.load(t + 8 * C)[None, :],
+            tl.load(cface_ptr + c * C + jj)[None, :])
+
+
+@triton.jit
 def _slice_d2(px, py, pz, ctri_ptr, cface_ptr, tbase, c, k, C: tl.constexpr, CS: tl.constexpr):
     """Squared distances (BLOCK, CS) from the samples to triangles k..k+CS of cluster c, face ids."""
-    jj = k + tl.arange(0, CS)
-    t = ctri_ptr + tbase + c * 9 * C + jj
-    tax = tl.load(t + 0 * C)[None, :]
-    tay = tl.load(t + 1 * C)[None, :]
-    taz = tl.load(t + 2 * C)[None, :]
-    tbx = tl.load(t + 3 * C)[None, :]
-    tby = tl.load(t + 4 * C)[None, :]
-    tbz = tl.load(t + 5 * C)[None, :]
-    tcx = tl.load(t + 6 * C)[None, :]
-    tcy = tl.load(t + 7 * C)[None, :]
-    tcz = tl.load(t + 8 * C)[None, :]
-    fid = tl.load(cface_ptr + c * C + jj)[None, :]
+    tax, tay, taz, tbx, tby, tbz, tcx, tcy, tcz, fid = _cluster_rows(ctri_ptr, cface_ptr, tbase, c,
+                                                                     k + tl.arange(0, CS), C)
     d2 = _tri_dist2(px[:, None], py[:, None], pz[:, None], tax, tay, taz, tbx, tby, tbz, tcx, tcy, tcz)
     return d2, fid
 
@@ -478,17 +478,7 @@ def rasterize_kernel(
         bv0 = tl.load(cbox_ptr + (b64 * NC + c) * 4 + 2)
         bv1 = tl.load(cbox_ptr + (b64 * NC + c) * 4 + 3)
         if (bu1 >= cx_lo) & (bu0 <= cx_hi) & (bv1 >= cy_lo) & (bv0 <= cy_hi):
-            t = ctri_ptr + tbase + c * 9 * C + j
-            u0 = tl.load(t + 0 * C)[None, :]
-            v0 = tl.load(t + 1 * C)[None, :]
-            z0 = tl.load(t + 2 * C)[None, :]
-            u1 = tl.load(t + 3 * C)[None, :]
-            v1 = tl.load(t + 4 * C)[None, :]
-            z1 = tl.load(t + 5 * C)[None, :]
-            u2 = tl.load(t + 6 * C)[None, :]
-            v2 = tl.load(t + 7 * C)[None, :]
-            z2 = tl.load(t + 8 * C)[None, :]
-            fid = tl.load(cface_ptr + c * C + j)[None, :]
+            u0, v0, z0, u1, v1, z1, u2, v2, z2, fid = _cluster_rows(ctri_ptr, cface_ptr, tbase, c, j, C)
             inside, w0, w1, w2, inv_depth = _raster_eval(cx[:, None], cy[:, None], u0, v0, z0, u1, v1, z1,
                                                          u2, v2, z2)
             depth = tl.where(inside, _div(tl.full(inv_depth.shape, 1.0, dty), inv_depth), INF)
