@@ -31,7 +31,7 @@ from .geometry import face_normals, point_triangle_dist2, projection_barycentric
 from .reference import Raster, SurfaceField
 from .scenes import blob_scene, deform, quad_scene, random_blob, random_camera, soup_scene, triangle_soup
 
-TIE_TOL = 1e-6     # m: a face this much farther than the nearest one still ties with it
+TIE_TOL = 1e-6     # m: float32 rounding allowed at the edge of the tie window (docs/tie_rule.md)
 P_TOL = 1e-5       # m: p_src, offset and flow where the faces agree (float32 backends)
 DEPTH_TOL = 1e-6   # relative: rendered depth
 BARY_TOL = 1e-5    # raster barycentrics
@@ -52,15 +52,20 @@ def _min_dist(points: Tensor, tri: Tensor) -> Tensor:
                       for s in range(0, p.shape[0], step)]).sqrt()
 
 
+def _tied(d: Tensor, best: Tensor) -> Tensor:
+    """The reference's tie window (reference.TIE_ABS / TIE_REL) plus TIE_TOL for rounding at its edge."""
+    return d <= best * (1 + reference.TIE_REL) + reference.TIE_ABS + TIE_TOL * best.clamp(min=1.0)
+
+
 def tie_rule_accepts(points: Tensor, tri: Tensor, chosen: Tensor) -> Tensor:
     """The tie rule, in one place: may a backend answer face ``chosen`` (P,) for ``points`` (P, 3)
-    against triangles ``tri`` (F, 3, 3)? Yes when it is within TIE_TOL (relative beyond 1 m) of
-    the nearest distance, computed in float64 over every face."""
+    against triangles ``tri`` (F, 3, 3)? Yes when it is inside the reference's tie window of the
+    nearest distance (computed in float64 over every face)."""
     p = points.double()
     t = tri.double()[chosen]
     d = point_triangle_dist2(p, t[:, 0], t[:, 1], t[:, 2]).sqrt()
     best = _min_dist(p, tri)
-    return d - best <= TIE_TOL * best.clamp(min=1.0)
+    return _tied(d, best)
 
 
 def matches_a_tied_field(points: Tensor, tri_t: Tensor, tri_s: Tensor, rotation: Tensor, got: Tensor,
@@ -80,7 +85,7 @@ def matches_a_tied_field(points: Tensor, tri_t: Tensor, tri_s: Tensor, rotation:
         flow = ((w[..., None] * ts).sum(-2) + h[..., None] * face_normals(ts) - p) @ R.T      # (c, F, 3)
         d = point_triangle_dist2(p, tt[..., 0, :], tt[..., 1, :], tt[..., 2, :]).sqrt()
         best = d.amin(1, keepdim=True)
-        tied = d - best <= TIE_TOL * best.clamp(min=1.0)
+        tied = _tied(d, best)
         close = (flow - got[s:s + step].double()[:, None]).abs().amax(-1) <= tol[s:s + step, None]
         out.append((tied & close).any(1))
     return torch.cat(out)
