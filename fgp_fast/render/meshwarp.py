@@ -39,7 +39,7 @@ NEIGHBOURS = 16    # silhouette vertices a ring point's motion averages
 SILHOUETTE = 2.5   # pixels: vertices this close to the mask's edge are the silhouette
 MIN_COS = 0.2      # control vertices must face the camera at least this much in both views
 COS_BAND = 0.1     # ... and are trusted fully this much above that (a soft edge: no popping)
-MAX_PASSES = 4     # rounds of freeing the points of folded or over-stretched triangles
+MAX_PASSES = 3     # rounds of freeing the points of folded or over-stretched triangles
 STRETCH = (0.3, 5.0)  # source/target area ratios past which a triangle's points are interpolated
 
 
@@ -368,8 +368,9 @@ class ControlMesh:
             hit = np.zeros(len(pos), bool)
             hit[self.triangles[bad]] = True
             hit &= ~protected
-            # ... and their neighbours: a fold or a sliver is rarely one point wide.
-            hit |= (self.adjacency @ hit.astype(np.float64)) > 0
+            # ... and their neighbours (two rings): a fold or a sliver is rarely one point wide.
+            for _ in range(2):
+                hit |= (self.adjacency @ hit.astype(np.float64)) > 0
             drop = np.flatnonzero(hit & ~protected & (trust > 0))
             if len(drop) == 0 or attempt == MAX_PASSES - 1:
                 break
@@ -419,34 +420,59 @@ def _depth_inside(points: np.ndarray, polygon: np.ndarray, band: float = 1.5) ->
     return np.where(inside, _ramp(d / band), 0.0)
 
 
-def rasterize_map(mesh: FrameMesh, base: Tensor, backend: str, still: Tensor | None = None) -> Tensor:
-    """The dense backward map (H, W, 2), source pixel coordinates per target pixel: the control
-    mesh's piecewise-linear map on its moving triangles, ``base`` (the still map) elsewhere and on
-    ``still`` (H, W) pixels."""
+def rasterize_map(mesh: FrameMesh, base: Tensor, backend: str, still: Tensor | None = None,
+                  step: int = 1) -> Tensor:
+    """The dense backward map (H, W, 2): source pixel coordinates per target pixel.
+
+    The control mesh's piecewise-linear map on its moving triangles and ``base`` (the still map, a
+    linear function of the pixel) elsewhere and on ``still`` (H, W) pixels. The mesh's displacement
+    from ``base`` is rasterised on a grid ``step`` times coarser and upsampled bilinearly (exact
+    inside triangles, smooth across their edges).
+    """
     from ..ops import rasterize
 
     H, W = base.shape[:2]
-    out = base.clone()
-    if len(mesh.triangles) == 0:
-        return out
     dev, dt = base.device, base.dtype
-    used = np.unique(mesh.triangles)
-    lo = np.floor(mesh.target[used].min(0)).clip(0, [W, H]).astype(int)
-    hi = np.ceil(mesh.target[used].max(0)).clip(0, [W, H]).astype(int)
-    w, h = int(hi[0] - lo[0]), int(hi[1] - lo[1])
-    if w <= 0 or h <= 0:
-        return out
-    pts = torch.as_tensor(mesh.target - lo, dtype=torch.float32)
-    verts = torch.cat([pts, torch.ones(len(pts), 1)], 1)[None].to(dev)
-    cam = Camera(torch.eye(3, device=dev), torch.eye(4, device=dev), h, w)
-    faces = torch.as_tensor(mesh.triangles, device=dev)
-    r = rasterize(verts, faces, cam, backend=backend)
-    face = r.face_id[0]
-    hit = face >= 0
+    disp = torch.zeros(H, W, 2, dtype=dt, device=dev)
+    if len(mesh.triangles):
+        to_src = np.array([float(base[0, 1, 0] - base[0, 0, 0]), float(base[1, 0, 1] - base[0, 0, 1])])
+        origin = base[0, 0].double().cpu().numpy() - 0.5 * to_src  # base at pixel coordinate (0, 0)
+        moved = mesh.source - (origin + mesh.target * to_src)         # per-point displacement from base
+        hc, wc = -(-H // step), -(-W // step)
+        pts = mesh.target / step                                      # coarse pixel coordinates
+        used = np.unique(mesh.triangles)
+        lo = np.floor(pts[used].min(0)).clip(0, [wc, hc]).astype(int)
+        hi = np.ceil(pts[used].max(0)).clip(0, [wc, hc]).astype(int)
+        w, h = int(hi[0] - lo[0]), int(hi[1] - lo[1])
+        if w > 0 and h > 0:
+            p = torch.as_tensor(pts - lo, dtype=torch.float32)
+            verts = torch.cat([p, torch.ones(len(p), 1)], 1)[None].to(dev)
+            cam = Camera(torch.eye(3, device=dev), torch.eye(4, device=dev), h, w)
+            faces = torch.as_tensor(mesh.triangles, device=dev)
+            r = rasterize(verts, faces, cam, backend=backend)
+            face = r.face_id[0]
+            corner = torch.as_tensor(moved, dtype=torch.float32, device=dev)[faces]   # (T, 3, 2)
+            vals = (r.bary[0][..., None] * corner[face.clamp(min=0)]).sum(-2)
+            coarse = torch.zeros(hc, wc, 2, device=dev)
+            coarse[lo[1]:hi[1], lo[0]:hi[0]] = vals * (face >= 0)[..., None]
+            disp = _upsample(coarse, H, W).to(dt)
     if still is not None:
-        hit &= ~still[lo[1]:hi[1], lo[0]:hi[0]]
-    src = torch.as_tensor(mesh.source, dtype=dt, device=dev)
-    corners = src[faces[face[hit]]]                                   # (n, 3, 2)
-    region = out[lo[1]:hi[1], lo[0]:hi[0]]
-    region[hit] = (r.bary[0][hit].to(dt)[..., None] * corners).sum(1)
-    return out
+        disp.masked_fill_(still[..., None], 0.0)
+    return base + disp
+
+
+def _upsample(coarse: Tensor, H: int, W: int) -> Tensor:
+    """Bilinear (pixel centres aligned) upsampling of an (h, w, 2) field to (H, W, 2)."""
+    if coarse.shape[:2] == (H, W):
+        return coarse
+    if coarse.device.type == "cpu":
+        try:
+            import cv2
+        except ImportError:
+            pass
+        else:
+            return torch.from_numpy(cv2.resize(coarse.numpy(), (W, H), interpolation=cv2.INTER_LINEAR))
+    import torch.nn.functional as Fnn
+
+    up = Fnn.interpolate(coarse.permute(2, 0, 1)[None], size=(H, W), mode="bilinear", align_corners=False)
+    return up[0].permute(1, 2, 0)

@@ -33,6 +33,7 @@ DEFAULT_FALLOFF = 0.25   # of the target image height
 HAIR = 0.3               # of the falloff: the zone beyond the head's outline that follows it fully
 DEFAULT_SPACING = 1 / 96  # control point spacing, of the source image height
 LOWRES = 4               # the target z-buffer for control point visibility is this much coarser
+MAP_STEP = 2             # the mesh's displacement is rasterised this much coarser (from 256 px up)
 MIN_FALLOFF_PX = 2.0     # falloff=0 keeps the background still outside the head mask; the rings need room
 
 
@@ -264,7 +265,8 @@ class WarpRenderer:
         for b in range(B):
             k = b if self.batch_size > 1 else 0
             mesh = self.meshes[k].build(verts_tgt[b], self.camera_tgt, b, depth_lr[b], self._lowres_scale)
-            maps.append(rasterize_map(mesh, self._base, self.backend, self._still[k]))
+            step = MAP_STEP if min(self.camera_tgt.height, self.camera_tgt.width) >= 256 else 1
+            maps.append(rasterize_map(mesh, self._base, self.backend, self._still[k], step))
         out = torch.stack(maps)
         if self.falloff == 0:
             mask, _ = self.surface(verts_tgt)
