@@ -31,8 +31,9 @@ from torch import Tensor
 
 from ..camera import Camera
 from .features import FaceFeatures
+from .polygon import inside_polygon, soft_inside
 
-__all__ = ["ControlMesh", "FrameMesh", "rasterize_map", "inside_polygon", "RINGS"]
+__all__ = ["ControlMesh", "FrameMesh", "rasterize_map", "RINGS"]
 
 RINGS = 5          # ring intervals of the fade, from the hair zone's edge to the still ring
 NEIGHBOURS = 16    # silhouette vertices a ring point's motion averages
@@ -46,12 +47,14 @@ STRETCH = (0.3, 5.0)  # source/target area ratios past which a triangle's points
 @dataclass
 class FrameMesh:
     """One frame's control mesh: target points (N, 2), their source points (N, 2) in pixels (centres
-    at +0.5), the triangles (T, 3) that move (those with a vertex off the still ring), and how many
-    points were dropped to avoid flips."""
+    at +0.5), the triangles (T, 3) that move (those with a vertex off the still ring), how many
+    points were interpolated to avoid folds, and the contour points' target positions (P, 2)
+    (None for a generic mesh)."""
     target: np.ndarray
     source: np.ndarray
     triangles: np.ndarray
     dropped: int
+    contours: np.ndarray | None = None
 
 
 def _project(points: np.ndarray, K: np.ndarray, w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,17 +78,6 @@ def _cos_to_camera(normals: np.ndarray, points: np.ndarray, w2c: np.ndarray) -> 
     eye = -w2c[:3, :3].T @ w2c[:3, 3]
     view = eye - points
     return (normals * view).sum(1) / (np.linalg.norm(normals, axis=1) * np.linalg.norm(view, axis=1) + 1e-30)
-
-
-def inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Even-odd test of points (N, 2) against a closed polygon (P, 2)."""
-    x, y = points[:, 0:1], points[:, 1:2]
-    x0, y0 = polygon[:, 0], polygon[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    crosses = (y0 > y) != (y1 > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xc = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
-    return (crosses & (x < xc)).sum(1) % 2 == 1
 
 
 def _resample(curve: np.ndarray, step: float) -> np.ndarray:
@@ -333,13 +325,12 @@ class ControlMesh:
         trust[:n_c] = _ramp((cos - MIN_COS) / COS_BAND) * self._unoccluded(uv, z, cos, depth_lr, lr_scale, K)
         if self.features is not None:
             cp = self.features.points(verts.detach().cpu().double()[None], torch.as_tensor(self.faces))[0].numpy()
-            cuv, cz = _project(cp, K, w2c)
-            ccos = _cos_to_camera(fn[self.contour_local], cp, w2c)
+            cuv, _ = _project(cp, K, w2c)
             for rows, loop in self.interiors:  # seen only through the opening, in both views
-                trust[rows] = _ramp(cos[rows] / COS_BAND) * _depth_inside(uv[rows], cuv[loop])
+                trust[rows] = _ramp(cos[rows] / COS_BAND) * soft_inside(uv[rows], cuv[loop])
             want[n_c:n_h] = cuv
-            trust[n_c:n_h] = _ramp((ccos + 0.2) / COS_BAND) * self._unoccluded(
-                cuv, cz, np.maximum(ccos, 0.2), depth_lr, lr_scale, K, 3.0)
+            # Contours are always kept: their faces may lie on the inner lid or lip (normals
+            # meaningless), and a closing lid covers its own lower contour by a hair.
         if len(self.silhouette):  # rings: the kernel average of the silhouette's motion, faded outward
             motion = _project(vt[self.silhouette], K, w2c)[0] - self.silhouette_src * to_tgt
             ring_motion = (self.ring_w[..., None] * motion[self.ring_nbr]).sum(1)
@@ -376,7 +367,8 @@ class ControlMesh:
                 break
             trust[drop] = 0.0
             freed += len(drop)
-        return FrameMesh(pos, self.points_src, self.triangles[self.moving_triangles], freed)
+        contours = want[n_c:n_h].copy() if self.features is not None else None
+        return FrameMesh(pos, self.points_src, self.triangles[self.moving_triangles], freed, contours)
 
     def _harmonic(self, motion: np.ndarray, free: np.ndarray) -> np.ndarray:
         """``motion`` (N, 2) with the free points' replaced by the discrete harmonic interpolation of
@@ -408,16 +400,6 @@ class ControlMesh:
 
 def _ramp(t: np.ndarray) -> np.ndarray:
     return np.clip(t, 0.0, 1.0)
-
-
-def _depth_inside(points: np.ndarray, polygon: np.ndarray, band: float = 1.5) -> np.ndarray:
-    """1 inside the polygon more than ``band`` pixels from its edge, 0 outside, linear between."""
-    inside = inside_polygon(points, polygon)
-    a, b = polygon, np.roll(polygon, -1, axis=0)
-    ab = b - a
-    t = np.clip(((points[:, None] - a[None]) * ab[None]).sum(-1) / np.maximum((ab ** 2).sum(-1), 1e-12)[None], 0, 1)
-    d = np.sqrt((((a[None] + t[..., None] * ab[None]) - points[:, None]) ** 2).sum(-1).min(1))
-    return np.where(inside, _ramp(d / band), 0.0)
 
 
 def rasterize_map(mesh: FrameMesh, base: Tensor, backend: str, still: Tensor | None = None,

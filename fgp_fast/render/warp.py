@@ -14,6 +14,8 @@ source shows) come from a full-resolution raster of the target mesh, computed on
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 import torch.nn.functional as Fnn
@@ -23,8 +25,10 @@ from ..camera import Camera
 from ..ops import rasterize
 from ..ops.checks import check_camera, check_faces, check_verts
 from ..ops.reference import Z_MIN
+from .eyes import EyeFill
 from .features import FaceFeatures, features_for
 from .meshwarp import ControlMesh, rasterize_map
+from .mouth import MouthFill, MouthSource
 from ..errors import InputError, InputTypeError
 
 __all__ = ["WarpRenderer", "WarpResult", "warp_render"]
@@ -115,6 +119,12 @@ def _scaled(camera: Camera, factor: int) -> tuple[Camera, float]:
     return Camera(K, camera.world_to_cam, h, w), s
 
 
+def _tick(timings: dict, stage: str, since: float) -> float:
+    now = time.perf_counter()
+    timings[stage] = timings.get(stage, 0.0) + now - since
+    return now
+
+
 def _cv2():
     try:
         import cv2
@@ -194,6 +204,13 @@ class WarpRenderer:
         self._occluders = faces[torch.as_tensor(occluders, device=faces.device)] if len(occluders) else faces
         self._base = self._still_map(verts_src.dtype)
         self._still = [m.still_region(self._base) for m in self.meshes]
+        self._fills = []
+        if features is not None:  # the source's mouth and eyes, for painting openings it does not show
+            for b, m in enumerate(self.meshes):
+                image = source_image[b if source_image.shape[0] > 1 else 0]
+                c = m.contour_src
+                self._fills.append((MouthFill(image, c[features.inner_lips], c[features.outer_lips]),
+                                    EyeFill(image, (c[features.eyes[0]], c[features.eyes[1]]))))
         self._cv2 = _cv2() if source_image.device.type == "cpu" and source_image.dtype == torch.float32 else None
         if self._cv2 is not None:  # HWC float32, once
             self._hwc = [img.permute(1, 2, 0).contiguous().numpy() for img in source_image]
@@ -258,20 +275,27 @@ class WarpRenderer:
     # ------------------------------------------------------------------------------ render
     def backward_map(self, verts_tgt: Tensor) -> Tensor:
         """(B, H, W, 2) the source pixel (centres at +0.5) each target pixel samples."""
-        B = self._check_target(verts_tgt)
+        return self._map(verts_tgt, self._check_target(verts_tgt), {})[1]
+
+    def _map(self, verts_tgt: Tensor, B: int, timings: dict):
+        clock = time.perf_counter()
         depth_lr = rasterize(verts_tgt, self._occluders, self._lowres, backend=self.backend).depth
         depth_lr = depth_lr.detach().cpu().double().numpy()
-        maps = []
+        clock = _tick(timings, "raster", clock)
+        meshes, maps = [], []
+        step = MAP_STEP if min(self.camera_tgt.height, self.camera_tgt.width) >= 256 else 1
         for b in range(B):
             k = b if self.batch_size > 1 else 0
-            mesh = self.meshes[k].build(verts_tgt[b], self.camera_tgt, b, depth_lr[b], self._lowres_scale)
-            step = MAP_STEP if min(self.camera_tgt.height, self.camera_tgt.width) >= 256 else 1
-            maps.append(rasterize_map(mesh, self._base, self.backend, self._still[k], step))
+            meshes.append(self.meshes[k].build(verts_tgt[b], self.camera_tgt, b, depth_lr[b], self._lowres_scale))
+            clock = _tick(timings, "mesh", clock)
+            maps.append(rasterize_map(meshes[-1], self._base, self.backend, self._still[k], step))
+            clock = _tick(timings, "map", clock)
         out = torch.stack(maps)
         if self.falloff == 0:
             mask, _ = self.surface(verts_tgt)
             out = torch.where(mask[:, 0, ..., None], out, self._base)
-        return out
+            _tick(timings, "map", clock)
+        return meshes, out
 
     def _sample(self, backward_map: Tensor) -> Tensor:
         B = backward_map.shape[0]
@@ -290,13 +314,47 @@ class WarpRenderer:
         grid = (backward_map * scale - 1).to(image.dtype)
         return Fnn.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def render(self, verts_tgt: Tensor) -> WarpResult:
-        """Warp the source image to the target meshes verts_tgt (B, V, 3)."""
-        bmap = self.backward_map(verts_tgt)
+    def render(self, verts_tgt: Tensor, mouth_source: MouthSource | list | None = None,
+               timings: dict | None = None) -> WarpResult:
+        """Warp the source image to the target meshes verts_tgt (B, V, 3).
+
+        ``mouth_source``: a ``MouthSource`` (or one per batch element) to take the inner mouth from
+        where the target opens it wider than the source (relative driving: the driver frame);
+        without one, a shaded cavity. ``timings``: a dict to add each stage's seconds to (raster,
+        mesh, map, remap, fill).
+        """
+        B = self._check_target(verts_tgt)
+        timings = {} if timings is None else timings
+        mouths = self._mouth_sources(mouth_source, B)
+        meshes, bmap = self._map(verts_tgt, B, timings)
+        clock = time.perf_counter()
         image = self._sample(bmap)
-        filled = torch.zeros(image.shape[0], 1, *image.shape[-2:], dtype=image.dtype, device=image.device)
+        clock = _tick(timings, "remap", clock)
+        filled = torch.zeros(B, 1, *image.shape[-2:], dtype=image.dtype, device=image.device)
+        if self._fills:
+            K_s, _ = self.camera_src.expand(B)
+            K_t, _ = self.camera_tgt.expand(B)
+            f = self.features
+            for b, mesh in enumerate(meshes):
+                mouth, eyes = self._fills[b if self.batch_size > 1 else 0]
+                c, scale = mesh.contours, float(K_t[b, 1, 1] / K_s[b, 1, 1])
+                for cover in (mouth(image[b], c[f.inner_lips], c[f.outer_lips], scale, mouths[b]),
+                              eyes(image[b], (c[f.eyes[0]], c[f.eyes[1]]), scale)):
+                    if cover is not None:
+                        torch.maximum(filled[b, 0], cover, out=filled[b, 0])
+            _tick(timings, "fill", clock)
         size = (self.camera_src.height, self.camera_src.width)
         return WarpResult(image, bmap, filled, size, lambda: self.surface(verts_tgt))
+
+    @staticmethod
+    def _mouth_sources(mouth_source, B: int) -> list:
+        if mouth_source is None or isinstance(mouth_source, MouthSource):
+            return [mouth_source] * B
+        if isinstance(mouth_source, (list, tuple)) and len(mouth_source) == B and all(
+                m is None or isinstance(m, MouthSource) for m in mouth_source):
+            return list(mouth_source)
+        raise InputTypeError(f"mouth_source must be a MouthSource, a list of {B} (or None), "
+                             f"got {type(mouth_source).__name__}")
 
     __call__ = render
 
