@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..errors import InputError, InputTypeError
 from .features import EYE_LEFT, EYE_RIGHT, IRIS_LEFT, IRIS_RIGHT, FaceFeatures, ict_features
-from .polygon import outline_distance, pixel_box, pixel_centres, polygon_area, smoothstep, soft_inside
+from .polygon import inside_polygon, outline_distance, pixel_box, pixel_centres, polygon_area, smoothstep
 
 __all__ = ["EyeFill", "apply_gaze", "gaze_from_landmarks", "close_lids", "eye_height"]
 
@@ -44,6 +44,7 @@ class EyeFill:
             img = np.repeat(img, 3, 2)
         self.heights = [eye_height(lp) for lp in loops]
         self.lashes = [self._lash(img, lp) for lp in loops]
+        self.skins = [self._skin(img, lp) for lp in loops]
 
     @staticmethod
     def _lash(img: np.ndarray, loop: np.ndarray) -> np.ndarray:
@@ -59,29 +60,51 @@ class EyeFill:
         lum = rgb.mean(1)
         return np.median(rgb[lum <= np.quantile(lum, 0.2)], axis=0)
 
+    @staticmethod
+    def _skin(img: np.ndarray, loop: np.ndarray) -> np.ndarray:
+        """Colour of the lid skin: a band a few pixels outside the eye's loop."""
+        H, W = img.shape[:2]
+        width = float(np.linalg.norm(loop[8] - loop[0]))
+        lo, hi = pixel_box(loop, H, W, int(np.ceil(0.35 * width)) + 1)
+        pts = pixel_centres(lo, hi)
+        d = outline_distance(pts, loop) if len(pts) else np.zeros(0)
+        band = pts[(d >= 0.12 * width) & (d <= 0.3 * width) & ~inside_polygon(pts, loop)] if len(pts) else pts
+        if len(band) < 4:
+            return np.array([0.8, 0.65, 0.55])
+        ij = np.floor(band).astype(int)
+        return np.median(img[ij[:, 1], ij[:, 0]], axis=0)
+
     def __call__(self, frame: Tensor, loops: tuple[np.ndarray, np.ndarray], scale: float) -> Tensor | None:
         """Paint into ``frame`` (C, H, W) in place for the target eye loops; returns the painted
         coverage (H, W) or None."""
         C, H, W = frame.shape
         out = None
-        for loop, height, lash in zip(loops, self.heights, self.lashes):
+        for loop, height, lash, skin in zip(loops, self.heights, self.lashes, self.skins):
             ratio = eye_height(loop) / max(height * scale, 1e-6)
             amount = float(smoothstep((0.5 - ratio) / 0.35))
             if amount <= 0:
                 continue
-            lo, hi = pixel_box(loop, H, W)
+            # The squeezed eye may peek out of a thin loop: lashes inside, lid skin in a band around.
+            band = max(1.0, 0.07 * float(np.linalg.norm(loop[8] - loop[0])))
+            lo, hi = pixel_box(loop, H, W, int(np.ceil(band)) + 1)
             if (hi - lo).min() <= 0:
                 continue
             pts = pixel_centres(lo, hi)
-            cover = soft_inside(pts, loop, 0.75) * amount
+            inside = inside_polygon(pts, loop)
+            d = outline_distance(pts, loop)
+            lashes = np.where(inside, np.clip(d / 0.75 + 0.5, 0, 1), np.clip(1 - d / 0.75, 0, 1) * 0.5)
+            around = np.where(inside, 0.0, np.clip(1 - d / band, 0, 1))
+            cover = np.clip(lashes + around, 0, 1) * amount
             if not cover.any():
                 continue
+            colour = (lashes[:, None] * lash + around[:, None] * skin) / np.maximum(lashes + around, 1e-6)[:, None]
+            if C == 1:
+                colour = colour.mean(1, keepdims=True)
             h, w = hi[1] - lo[1], hi[0] - lo[0]
             a = torch.as_tensor(cover.reshape(h, w), dtype=frame.dtype, device=frame.device)
-            colour = torch.as_tensor(lash if C == 3 else lash.mean(keepdims=True), dtype=frame.dtype,
-                                     device=frame.device)
+            c = torch.as_tensor(colour.reshape(h, w, C).transpose(2, 0, 1), dtype=frame.dtype, device=frame.device)
             region = frame[:, lo[1]:hi[1], lo[0]:hi[0]]
-            region.mul_(1 - a).add_(a * colour[:, None, None])
+            region.mul_(1 - a).add_(a * c)
             if out is None:
                 out = torch.zeros(H, W, dtype=frame.dtype, device=frame.device)
             out[lo[1]:hi[1], lo[0]:hi[0]] = torch.maximum(out[lo[1]:hi[1], lo[0]:hi[0]], a)
