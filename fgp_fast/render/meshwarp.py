@@ -296,7 +296,8 @@ class ControlMesh:
         w.data = np.maximum(w.data, 1e-3)  # duplicates were summed: each edge holds both angles' share
         self.weights = w
         self.degree = np.asarray(w.sum(1)).ravel()
-        self.adjacency = (w > 0).astype(np.float64)
+        coo = w.tocoo()
+        self.edges = (coo.row.astype(np.int64), coo.col.astype(np.int64))
         still = np.zeros(n, bool)
         still[self.n_head + self.n_moving_ring:] = True
         self.still = still
@@ -339,63 +340,81 @@ class ControlMesh:
             ring[inner] = np.clip(ring[inner], 0.0, [camera.width, camera.height])
             want[n_h:n_h + n_r] = ring
 
-        # Interpolate the untrusted points from their neighbours; where a triangle still folds or
-        # is stretched or squeezed past STRETCH, interpolate its free points too, and again.
+        # Interpolate the untrusted points' motion from their neighbours', as much as they are not
+        # trusted; where a triangle still folds, or is stretched or squeezed past STRETCH, trust its
+        # points (and two rings of neighbours) less, and again. Every step is continuous in the
+        # pose, so the map does not pop from one frame to the next.
         protected = self.still.copy()
         protected[n_c:n_h] = True                                # contours
         protected[n_h:n_h + n_r] = (self.ring_axes != 1).any(1)  # the border slides only along itself
-        freed = 0
+        motion = want - base
         pos = want
         for attempt in range(MAX_PASSES):
-            free = trust < 1
-            pos = want.copy()
-            if free.any():
-                motion = want - base
-                pos[free] = base[free] + trust[free, None] * motion[free] + \
-                    (1 - trust[free, None]) * self._harmonic(motion, free)[free]
-            at = _signed_area(pos, self.triangles)
-            ratio = self.area_src / np.where(at > 0, at, np.inf)
-            bad = ((at <= 0) | (ratio < STRETCH[0]) | (ratio > STRETCH[1])) & (self.area_src > 1e-6)
-            hit = np.zeros(len(pos), bool)
-            hit[self.triangles[bad]] = True
-            hit &= ~protected
-            # ... and their neighbours (two rings): a fold or a sliver is rarely one point wide.
-            for _ in range(2):
-                hit |= (self.adjacency @ hit.astype(np.float64)) > 0
-            drop = np.flatnonzero(hit & ~protected & (trust > 0))
-            if len(drop) == 0 or attempt == MAX_PASSES - 1:
+            pos = base + self._harmonic(motion, trust)
+            if attempt == MAX_PASSES - 1:
                 break
-            trust[drop] = 0.0
-            freed += len(drop)
+            bad = self._badness(pos)
+            bad[protected] = 0.0
+            for _ in range(2):  # a fold or a sliver is rarely one point wide
+                np.maximum.at(bad, self.edges[0], bad[self.edges[1]].copy())
+            bad[protected] = 0.0
+            if not bad.any():
+                break
+            trust = trust * (1 - bad)
+        freed = int((trust < 0.5).sum())
         contours = want[n_c:n_h].copy() if self.features is not None else None
         return FrameMesh(pos, self.points_src, self.triangles[self.moving_triangles], freed, contours)
 
-    def _harmonic(self, motion: np.ndarray, free: np.ndarray) -> np.ndarray:
-        """``motion`` (N, 2) with the free points' replaced by the discrete harmonic interpolation of
-        the others' (cotangent weights over the source triangulation)."""
+    def _badness(self, pos: np.ndarray) -> np.ndarray:
+        """Per point, 0..1: how far its worst triangle is past STRETCH (fully at half the stretch or
+        twice the squeeze bound, or folded), ramped in log area ratio."""
+        at = _signed_area(pos, self.triangles)
+        with np.errstate(divide="ignore"):
+            log_ratio = np.log(self.area_src) - np.log(np.maximum(at, 1e-300))
+        width = np.log(2.0)
+        tri = np.maximum(np.clip((np.log(STRETCH[0]) - log_ratio) / width, 0, 1),
+                         np.clip((log_ratio - np.log(STRETCH[1])) / width, 0, 1))
+        tri = np.where((at <= 0) & (self.area_src > 1e-6), 1.0, np.where(self.area_src > 1e-6, tri, 0.0))
+        out = np.zeros(len(pos))
+        for k in range(3):
+            np.maximum.at(out, self.triangles[:, k], tri)
+        return out
+
+    def _harmonic(self, motion: np.ndarray, trust: np.ndarray) -> np.ndarray:
+        """``motion`` (N, 2) smoothed where it is not trusted: fully trusted points keep theirs, the
+        others minimise the cotangent-weighted Dirichlet energy plus a pull toward their own motion
+        of strength degree * trust / (1 - trust) (0 when not trusted at all)."""
         from scipy.sparse import diags
         from scipy.sparse.linalg import spsolve
 
-        f = np.flatnonzero(free)
-        k = np.flatnonzero(~free)
+        f = np.flatnonzero(trust < 1)
+        if len(f) == 0:
+            return motion
+        k = np.flatnonzero(trust >= 1)
+        pull = self.degree[f] * trust[f] / (1 - trust[f])
         rows = self.weights[f]
-        lap = (diags(self.degree[f]) - rows[:, f]).tocsc()
+        lap = (diags(self.degree[f] + pull) - rows[:, f]).tocsc()
         out = motion.copy()
-        out[f] = spsolve(lap, rows[:, k] @ motion[k]).reshape(-1, 2)
+        out[f] = spsolve(lap, rows[:, k] @ motion[k] + pull[:, None] * motion[f]).reshape(-1, 2)
         return out
 
     @staticmethod
-    def _unoccluded(uv, z, cos, depth_lr, lr_scale, K, slack: float = 1.0) -> np.ndarray:
+    def _unoccluded(uv, z, cos, depth_lr, lr_scale, K) -> np.ndarray:
         """1 where a point is in front of (or within a tolerance of) the target z-buffer, falling to 0
-        over one more tolerance behind it."""
+        over one more tolerance behind it. The z-buffer is read bilinearly (empty pixels far away),
+        so the answer changes smoothly as points cross its pixels."""
         h, w = depth_lr.shape
-        ix = np.floor(uv[:, 0] * lr_scale).astype(np.int64)
-        iy = np.floor(uv[:, 1] * lr_scale).astype(np.int64)
-        inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
-        zb = np.where(inside, depth_lr[iy.clip(0, h - 1), ix.clip(0, w - 1)], 0.0)
+        zbuf = np.where(depth_lr > 0, depth_lr, 1e6)
+        x = np.clip(uv[:, 0] * lr_scale - 0.5, 0, w - 1)
+        y = np.clip(uv[:, 1] * lr_scale - 0.5, 0, h - 1)
+        x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+        x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+        fx, fy = x - x0, y - y0
+        zb = ((zbuf[y0, x0] * (1 - fx) + zbuf[y0, x1] * fx) * (1 - fy)
+              + (zbuf[y1, x0] * (1 - fx) + zbuf[y1, x1] * fx) * fy)
         # A low-resolution pixel spans (z / f) / lr_scale metres; slanted surfaces change depth faster.
-        tol = slack * 2.0 * z / (K[1, 1] * lr_scale) / np.maximum(cos, 0.25)
-        return np.where(inside, np.where(zb <= 0, 1.0, _ramp((zb + 2 * tol - z) / tol)), 0.0)
+        tol = 2.0 * z / (K[1, 1] * lr_scale) / np.maximum(cos, 0.25)
+        return _ramp((zb + 2 * tol - z) / tol)
 
 
 def _ramp(t: np.ndarray) -> np.ndarray:
