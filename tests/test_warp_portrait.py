@@ -116,18 +116,19 @@ def expressed(p, **channels):
 
 def test_turns_do_not_tear(portrait):
     """Yaw +-30 and pitch +-20 degrees: under 0.1% of the pixels torn or folded (local area ratio
-    outside [0.1, 10]; measured at most 0.009% here and 0.03% at 512 px), and the background
-    farther than the falloff from the head in both views exactly where it was."""
+    outside [0.1, 10]; measured at most 0.009% here and 0.04% at 512 px), and the background
+    farther than the falloff (+ 2 map grid steps) from the head in both views exactly where it was."""
     r, cam = portrait["renderer"], portrait["camera"]
     src_mask = rasterize(portrait["verts"], portrait["head"].faces, cam).mask
-    src_far = distance_to_mask(src_mask)[0] >= r.falloff
+    margin = r.falloff + 2 * 2  # the displacement is rasterised at half resolution from 256 px
+    src_far = distance_to_mask(src_mask)[0] >= margin
     base = r.backward_map(portrait["verts"])
     worst = 0.0
     for yaw, pitch in [(y, 0) for y in (-30, -20, -10, 10, 20, 30)] + [(0, p) for p in (-20, -10, 10, 20)]:
         verts = turned(portrait, yaw, pitch)
         res = r.render(verts)
         worst = max(worst, tear_fraction(res.backward_map))
-        far = src_far & (distance_to_mask(res.mask[:, 0])[0] >= r.falloff)
+        far = src_far & (distance_to_mask(res.mask[:, 0])[0] >= margin)
         assert far.sum() > 0.05 * SIZE * SIZE  # the corners and the sides of the suit
         assert torch.equal(res.backward_map[0][far], base[0][far]), (yaw, pitch)
         assert torch.equal(res.image[0][:, far], r.source_image[0][:, far])

@@ -227,12 +227,20 @@ class ControlMesh:
         # Occluders for the target's visibility test: the faces the source shows.
         self.occluders = np.flatnonzero(visible[fc].any(1) & ~special[fc].any(1))
 
-    def still_region(self, base: Tensor) -> Tensor:
-        """(H, W) bool: target pixels whose still-background source pixel (``base`` (H, W, 2)) lies
+    def still_region(self, base: Tensor, step: int = 1) -> Tensor:
+        """(h, w) bool on the grid ``step`` times coarser than the target: the pixels whose
+        still-background source point (``base`` (H, W, 2), read at the coarse pixel centres) lies
         beyond the last ring, which the map leaves exactly where they are."""
         Hs, Ws = self.size_src
-        ix = base[..., 0].floor().long().clamp(0, Ws - 1).cpu()
-        iy = base[..., 1].floor().long().clamp(0, Hs - 1).cpu()
+        H, W = base.shape[:2]
+        h, w = -(-H // step), -(-W // step)
+        # base is linear in the pixel: evaluate it at the coarse centres.
+        x0, dx = base[0, 0, 0], base[0, 1, 0] - base[0, 0, 0] if W > 1 else base.new_tensor(Ws / W)
+        y0, dy = base[0, 0, 1], base[1, 0, 1] - base[0, 0, 1] if H > 1 else base.new_tensor(Hs / H)
+        cx = x0 + dx * ((torch.arange(w, device=base.device, dtype=base.dtype) + 0.5) * step - 0.5)
+        cy = y0 + dy * ((torch.arange(h, device=base.device, dtype=base.dtype) + 0.5) * step - 0.5)
+        ix = cx.floor().long().clamp(0, Ws - 1).cpu()[None, :].expand(h, w)
+        iy = cy.floor().long().clamp(0, Hs - 1).cpu()[:, None].expand(h, w)
         far = torch.as_tensor(self.outside >= self.reach)
         return far[iy, ix].to(base.device)
 
@@ -426,9 +434,10 @@ def rasterize_map(mesh: FrameMesh, base: Tensor, backend: str, still: Tensor | N
     """The dense backward map (H, W, 2): source pixel coordinates per target pixel.
 
     The control mesh's piecewise-linear map on its moving triangles and ``base`` (the still map, a
-    linear function of the pixel) elsewhere and on ``still`` (H, W) pixels. The mesh's displacement
-    from ``base`` is rasterised on a grid ``step`` times coarser and upsampled bilinearly (exact
-    inside triangles, smooth across their edges).
+    linear function of the pixel) elsewhere. The mesh's displacement from ``base`` is rasterised on
+    a grid ``step`` times coarser (``still`` (h, w): coarse pixels forced to no displacement) and
+    upsampled bilinearly: exact inside triangles, smooth across their edges, and exactly ``base``
+    wherever the four nearest coarse pixels are still or off the mesh.
     """
     from ..ops import rasterize
 
@@ -450,16 +459,34 @@ def rasterize_map(mesh: FrameMesh, base: Tensor, backend: str, still: Tensor | N
             verts = torch.cat([p, torch.ones(len(p), 1)], 1)[None].to(dev)
             cam = Camera(torch.eye(3, device=dev), torch.eye(4, device=dev), h, w)
             faces = torch.as_tensor(mesh.triangles, device=dev)
-            r = rasterize(verts, faces, cam, backend=backend)
-            face = r.face_id[0]
-            corner = torch.as_tensor(moved, dtype=torch.float32, device=dev)[faces]   # (T, 3, 2)
-            vals = (r.bary[0][..., None] * corner[face.clamp(min=0)]).sum(-2)
+            face = rasterize(verts, faces, cam, backend=backend).face_id[0]
+            # Each triangle's displacement as an affine function of the (coarse) pixel: cheaper to
+            # gather per pixel than three corners and barycentrics.
+            coef = torch.as_tensor(_affine(pts - lo, moved, mesh.triangles), dtype=torch.float32, device=dev)
+            ys = torch.arange(h, device=dev, dtype=torch.float32)[:, None, None] + 0.5
+            xs = torch.arange(w, device=dev, dtype=torch.float32)[None, :, None] + 0.5
+            c = coef.index_select(0, face.clamp(min=0).reshape(-1)).view(h, w, 3, 2)
+            vals = torch.addcmul(torch.addcmul(c[:, :, 2], c[:, :, 0], xs), c[:, :, 1], ys)
+            keep = face >= 0
+            if still is not None:
+                keep &= ~still[lo[1]:hi[1], lo[0]:hi[0]]
             coarse = torch.zeros(hc, wc, 2, device=dev)
-            coarse[lo[1]:hi[1], lo[0]:hi[0]] = vals * (face >= 0)[..., None]
+            coarse[lo[1]:hi[1], lo[0]:hi[0]] = vals * keep[..., None]
             disp = _upsample(coarse, H, W).to(dt)
-    if still is not None:
-        disp.masked_fill_(still[..., None], 0.0)
     return base + disp
+
+
+def _affine(points: np.ndarray, values: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """(T, 3, 2) coefficients (a, b, c) per triangle with value(x, y) = a x + b y + c matching
+    ``values`` (N, 2) at its corners ``points`` (N, 2); degenerate triangles get their mean value."""
+    P, V = points[triangles], values[triangles]                        # (T, 3, 2)
+    Q = np.concatenate([P, np.ones(P.shape[:2] + (1,))], -1)           # (T, 3, 3)
+    det = np.linalg.det(Q)
+    ok = np.abs(det) > 1e-9
+    out = np.zeros((len(triangles), 3, 2))
+    out[ok] = np.linalg.solve(Q[ok], V[ok])
+    out[~ok, 2] = V[~ok].mean(1)
+    return out
 
 
 def _upsample(coarse: Tensor, H: int, W: int) -> Tensor:

@@ -203,7 +203,8 @@ class WarpRenderer:
         occluders = np.unique(np.concatenate([m.occluders for m in self.meshes]))
         self._occluders = faces[torch.as_tensor(occluders, device=faces.device)] if len(occluders) else faces
         self._base = self._still_map(verts_src.dtype)
-        self._still = [m.still_region(self._base) for m in self.meshes]
+        self._step = MAP_STEP if min(camera_tgt.height, camera_tgt.width) >= 256 else 1
+        self._still = [m.still_region(self._base, self._step) for m in self.meshes]
         self._fills = []
         if features is not None:  # the source's mouth and eyes, for painting openings it does not show
             for b, m in enumerate(self.meshes):
@@ -283,12 +284,11 @@ class WarpRenderer:
         depth_lr = depth_lr.detach().cpu().double().numpy()
         clock = _tick(timings, "raster", clock)
         meshes, maps = [], []
-        step = MAP_STEP if min(self.camera_tgt.height, self.camera_tgt.width) >= 256 else 1
         for b in range(B):
             k = b if self.batch_size > 1 else 0
             meshes.append(self.meshes[k].build(verts_tgt[b], self.camera_tgt, b, depth_lr[b], self._lowres_scale))
             clock = _tick(timings, "mesh", clock)
-            maps.append(rasterize_map(meshes[-1], self._base, self.backend, self._still[k], step))
+            maps.append(rasterize_map(meshes[-1], self._base, self.backend, self._still[k], self._step))
             clock = _tick(timings, "map", clock)
         out = torch.stack(maps)
         if self.falloff == 0:
