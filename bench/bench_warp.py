@@ -30,7 +30,7 @@ STAGES = ("raster", "mesh", "map", "remap", "fill")
 
 
 def fit_portrait(size: int):
-    from fgp_fast.commands.demo import astronaut_portrait
+    from fgp_fast.samples import astronaut_portrait
     from fgp_fast.fitting import FitSettings, fit_image
     from fgp_fast.heads import load_head_model
     from fgp_fast.landmarks import detect_image

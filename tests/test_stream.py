@@ -32,7 +32,7 @@ SECONDS = float(os.environ.get("FGP_STREAM_SECONDS", "20"))
 
 @pytest.fixture(scope="module")
 def clip():
-    from fgp_fast.stream.clip import driver_clip
+    from fgp_fast.samples import driver_clip
 
     return driver_clip(SIZE, 16, 25.0)
 
@@ -251,7 +251,7 @@ def _stream_args(argv):
 
 
 def test_fgp_stream_command(server, clip, tmp_path):
-    from fgp_fast.video import VideoWriter, read_video
+    from fgp_fast.media import VideoWriter, read_video
 
     driver = tmp_path / "driver.mp4"
     with VideoWriter(driver, 25, SIZE, SIZE) as w:
@@ -274,7 +274,7 @@ def test_fgp_stream_errors(server, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from fgp_fast.video import VideoWriter
+    from fgp_fast.media import VideoWriter
 
     with VideoWriter(tmp_path / "d.mp4", 25, 16, 16) as w:
         w.write(np.zeros((16, 16, 3), np.uint8))

@@ -79,7 +79,7 @@ def test_openness_metrics():
 @pytest.fixture(scope="module")
 def portrait():
     pytest.importorskip("mediapipe")
-    from fgp_fast.commands.demo import astronaut_portrait
+    from fgp_fast.samples import astronaut_portrait
     from fgp_fast.fitting import FitSettings, fit_image
     from fgp_fast.landmarks import detect_image
 

@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .animate import load_diffusion_renderer
+    from .common import load_renderer
 
     try:
         import uvicorn
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_sessions < 1 or args.workers < 1 or not 0 < args.max_message_mb <= TRANSPORT_MAX / 2**20:
         raise CLIError(f"--max-sessions and --workers must be >= 1 and --max-message-mb in "
                        f"(0, {TRANSPORT_MAX // 2**20}]")
-    diffusion = load_diffusion_renderer(args) if args.renderer == "diffusion" else None
+    diffusion = load_renderer(args) if args.renderer == "diffusion" else None
     # The diffusion renderer holds one source at a time, so it serves one session.
     max_sessions = 1 if diffusion is not None else args.max_sessions
     config = ServerConfig(size=args.size, mode=args.mode, token=token, max_sessions=max_sessions,

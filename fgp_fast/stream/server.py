@@ -39,7 +39,7 @@ TRANSPORT_MAX = 64 * 2**20   # bigger messages close the socket (1009); up to it
 @dataclass
 class ServerConfig:
     size: int = 256                  # longer side of the source portrait and the output, pixels
-    mode: str = "relative"           # driving mode (see fgp_fast.driving)
+    mode: str = "relative"           # driving mode (see fgp_fast.motion)
     token: str | None = None         # required from clients when set (always, off loopback)
     max_sessions: int = 8            # concurrent connections, server-wide
     max_message: int = 4 * 2**20     # bytes per message the app accepts
@@ -96,11 +96,11 @@ class _Server:
         return want is None or (token is not None and hmac.compare_digest(token.encode(), want.encode()))
 
     def default_portrait(self):
-        from ..commands.animate import Portrait
-        from ..commands.demo import astronaut_portrait
+        from ..portrait import Portrait
+        from ..samples import astronaut_portrait
 
         image, _ = astronaut_portrait(self.config.size)
-        return Portrait(image, "the astronaut", diffusion=self.config.diffusion)  # what `fgp animate` renders
+        return Portrait(image, "the astronaut", renderer=self.config.diffusion)  # what `fgp animate` renders
 
 
 def create_app(config: ServerConfig):
