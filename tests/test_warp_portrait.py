@@ -1,13 +1,11 @@
 """The warp renderer on the sample portrait: no tears over head turns, a still far background, mouth
 and eyes that follow scripted expressions; and the tear and openness metrics themselves."""
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from fgp_fast.camera import Camera
-from fgp_fast.heads import euler_to_matrix, load_head_model, matrix_to_axis_angle, axis_angle_to_matrix
+from fgp_fast.heads import axis_angle_to_matrix, euler_to_matrix, load_head_model, matrix_to_axis_angle
 from fgp_fast.metrics import eye_openness, mouth_openness, openness_errors
 from fgp_fast.ops import rasterize
 from fgp_fast.render import (MouthSource, WarpRenderer, apply_gaze, area_ratio, close_lids, distance_to_mask,

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..errors import InputError, InputTypeError
 from .features import EYE_LEFT, EYE_RIGHT, IRIS_LEFT, IRIS_RIGHT, FaceFeatures, ict_features
-from .polygon import inside_polygon, outline_distance, pixel_box, pixel_centres, polygon_area, smoothstep
+from .polygon import inside_polygon, outline_distance, paint, pixel_box, pixel_centres, polygon_area, smoothstep
 
 __all__ = ["EyeFill", "apply_gaze", "gaze_from_landmarks", "close_lids", "eye_height"]
 
@@ -98,13 +98,7 @@ class EyeFill:
             if not cover.any():
                 continue
             colour = (lashes[:, None] * lash + around[:, None] * skin) / np.maximum(lashes + around, 1e-6)[:, None]
-            if C == 1:
-                colour = colour.mean(1, keepdims=True)
-            h, w = hi[1] - lo[1], hi[0] - lo[0]
-            a = torch.as_tensor(cover.reshape(h, w), dtype=frame.dtype, device=frame.device)
-            c = torch.as_tensor(colour.reshape(h, w, C).transpose(2, 0, 1), dtype=frame.dtype, device=frame.device)
-            region = frame[:, lo[1]:hi[1], lo[0]:hi[0]]
-            region.mul_(1 - a).add_(a * c)
+            a = paint(frame, lo, hi, cover, colour)
             if out is None:
                 out = torch.zeros(H, W, dtype=frame.dtype, device=frame.device)
             out[lo[1]:hi[1], lo[0]:hi[0]] = torch.maximum(out[lo[1]:hi[1], lo[0]:hi[0]], a)

@@ -23,8 +23,7 @@ from torch import Tensor
 
 from ..errors import InputError, InputTypeError
 from .features import INNER_LIPS, OUTER_LIPS
-from .polygon import (inside_polygon, outline_distance, pixel_box, pixel_centres, polygon_area, smoothstep,
-                      soft_inside)
+from .polygon import inside_polygon, paint, pixel_box, pixel_centres, polygon_area, smoothstep, soft_inside
 
 __all__ = ["MouthSource", "MouthFill", "opening_height"]
 
@@ -61,13 +60,17 @@ def opening_height(inner: np.ndarray) -> float:
     return polygon_area(inner) / max(width, 1e-6)
 
 
+def _box_pixels(image: np.ndarray, loop: np.ndarray) -> np.ndarray | None:
+    """Centres of the image pixels in a loop's box, or None when the box is empty."""
+    lo, hi = pixel_box(loop, *image.shape[:2], 0)
+    return None if (hi - lo).min() <= 0 else pixel_centres(lo, hi)
+
+
 def _ring_colour(image: np.ndarray, outer: np.ndarray, inner: np.ndarray) -> np.ndarray | None:
     """Median colour of the lips: pixels inside the outer loop and outside the inner one."""
-    H, W = image.shape[:2]
-    lo, hi = pixel_box(outer, H, W, 0)
-    if (hi - lo).min() <= 0:
+    pts = _box_pixels(image, outer)
+    if pts is None:
         return None
-    pts = pixel_centres(lo, hi)
     sel = inside_polygon(pts, outer) & ~inside_polygon(pts, inner)
     if sel.sum() < 4:
         return None
@@ -77,11 +80,9 @@ def _ring_colour(image: np.ndarray, outer: np.ndarray, inner: np.ndarray) -> np.
 
 def _teeth_colour(image: np.ndarray, inner: np.ndarray, lips: np.ndarray) -> np.ndarray | None:
     """The source's teeth: the bright pixels its open mouth shows, if it shows enough of them."""
-    H, W = image.shape[:2]
-    lo, hi = pixel_box(inner, H, W, 0)
-    if (hi - lo).min() <= 0:
+    pts = _box_pixels(image, inner)
+    if pts is None:
         return None
-    pts = pixel_centres(lo, hi)
     pts = pts[soft_inside(pts, inner, 1.0) >= 1]
     if len(pts) < 12:
         return None
@@ -167,13 +168,7 @@ class MouthFill:
             content = self._driver(pts, inner, mouth_source)
         if content is None:
             content = self._cavity(pts, inner)
-        if C == 1:
-            content = content.mean(1, keepdims=True)
-        h, w = hi[1] - lo[1], hi[0] - lo[0]
-        a = torch.as_tensor(cover.reshape(h, w), dtype=frame.dtype, device=frame.device)
-        c = torch.as_tensor(content.reshape(h, w, C).transpose(2, 0, 1), dtype=frame.dtype, device=frame.device)
-        region = frame[:, lo[1]:hi[1], lo[0]:hi[0]]
-        region.mul_(1 - a).add_(a * c)
+        a = paint(frame, lo, hi, cover, content)
         out = torch.zeros(H, W, dtype=frame.dtype, device=frame.device)
         out[lo[1]:hi[1], lo[0]:hi[0]] = a
         return out

@@ -1,10 +1,13 @@
-"""Closed-polygon tests on point sets (numpy): inside, distance to the outline, a soft inside."""
+"""Closed-polygon tests on point sets (numpy): inside, distance to the outline, a soft inside; and
+painting a pixel box of a frame."""
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import Tensor
 
 __all__ = ["inside_polygon", "outline_distance", "soft_inside", "polygon_area", "pixel_box", "pixel_centres",
-           "smoothstep"]
+           "smoothstep", "paint"]
 
 
 def inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
@@ -56,3 +59,16 @@ def smoothstep(t: np.ndarray) -> np.ndarray:
     """0 at t <= 0, 1 at t >= 1, C1 in between."""
     t = np.clip(t, 0.0, 1.0)
     return t * t * (3 - 2 * t)
+
+
+def paint(frame: Tensor, lo: np.ndarray, hi: np.ndarray, cover: np.ndarray, colour: np.ndarray) -> Tensor:
+    """Blend ``colour`` (N, 3) into ``frame`` (C, H, W) over the pixel box [lo, hi) (N pixels, row by
+    row) with coverage ``cover`` (N,), in place; returns the coverage as an (h, w) tensor."""
+    C = frame.shape[0]
+    if C == 1:
+        colour = colour.mean(1, keepdims=True)
+    h, w = int(hi[1] - lo[1]), int(hi[0] - lo[0])
+    a = torch.as_tensor(cover.reshape(h, w), dtype=frame.dtype, device=frame.device)
+    c = torch.as_tensor(colour.reshape(h, w, C).transpose(2, 0, 1), dtype=frame.dtype, device=frame.device)
+    frame[:, lo[1]:hi[1], lo[0]:hi[0]].mul_(1 - a).add_(a * c)
+    return a
