@@ -431,7 +431,8 @@ def _ramp(t: np.ndarray) -> np.ndarray:
 
 def rasterize_map(mesh: FrameMesh, base: Tensor, backend: str, still: Tensor | None = None,
                   step: int = 1) -> Tensor:
-    """The dense backward map (H, W, 2): source pixel coordinates per target pixel.
+    """The dense backward map's displacement from ``base`` (H, W, 2): the source pixel each target
+    pixel samples is ``base + displacement``.
 
     The control mesh's piecewise-linear map on its moving triangles and ``base`` (the still map, a
     linear function of the pixel) elsewhere. The mesh's displacement from ``base`` is rasterised on
@@ -473,7 +474,7 @@ def rasterize_map(mesh: FrameMesh, base: Tensor, backend: str, still: Tensor | N
             coarse = torch.zeros(hc, wc, 2, device=dev)
             coarse[lo[1]:hi[1], lo[0]:hi[0]] = vals * keep[..., None]
             disp = _upsample(coarse, H, W).to(dt)
-    return base + disp
+    return disp
 
 
 def _affine(points: np.ndarray, values: np.ndarray, triangles: np.ndarray) -> np.ndarray:

@@ -45,20 +45,29 @@ class WarpResult:
     """The warp's output; unpacks like the tuple ``(image, mask, valid, grid)``.
 
     image (B, C, H, W): the rendered frame. backward_map (B, H, W, 2): the source pixel (centres at
-    +0.5) each target pixel samples. filled (B, 1, H, W) float: how much of each pixel the mouth
-    fill painted. mask (B, 1, H, W) bool: target head pixels; valid: head pixels whose surface point
-    is visible in the source; grid (B, H, W, 2): ``backward_map`` as a ``grid_sample`` grid
-    (align_corners=False). mask and valid are computed on first access.
+    +0.5) each target pixel samples; displacement: the same minus the still background's map (0 far
+    from the head). filled (B, 1, H, W) float: how much of each pixel the mouth and eye fills
+    painted. mask (B, 1, H, W) bool: target head pixels; valid: head pixels whose surface point is
+    visible in the source; grid (B, H, W, 2): ``backward_map`` as a ``grid_sample`` grid
+    (align_corners=False). backward_map, mask, valid and grid are computed on first access.
     """
 
-    def __init__(self, image: Tensor, backward_map: Tensor, filled: Tensor, source_size: tuple[int, int],
-                 surface):
+    def __init__(self, image: Tensor, displacement: Tensor, base: Tensor, filled: Tensor,
+                 source_size: tuple[int, int], surface):
         self.image = image
-        self.backward_map = backward_map
+        self.displacement = displacement  # (B, H, W, 2): backward_map minus the still background's map
+        self._still_map = base
+        self._backward_map = None
         self.filled = filled
         self._source_size = source_size
         self._surface = surface
         self._mask_valid = None
+
+    @property
+    def backward_map(self) -> Tensor:
+        if self._backward_map is None:
+            self._backward_map = self._still_map + self.displacement
+        return self._backward_map
 
     def _masks(self):
         if self._mask_valid is None:
@@ -213,8 +222,9 @@ class WarpRenderer:
                 self._fills.append((MouthFill(image, c[features.inner_lips], c[features.outer_lips]),
                                     EyeFill(image, (c[features.eyes[0]], c[features.eyes[1]]))))
         self._cv2 = _cv2() if source_image.device.type == "cpu" and source_image.dtype == torch.float32 else None
-        if self._cv2 is not None:  # HWC float32, once
+        if self._cv2 is not None:  # HWC float32 and the still map in cv2's convention, once
             self._hwc = [img.permute(1, 2, 0).contiguous().numpy() for img in source_image]
+            self._base_cv = (self._base.float() - 0.5).numpy()
 
     @property
     def batch_size(self) -> int:
@@ -276,7 +286,7 @@ class WarpRenderer:
     # ------------------------------------------------------------------------------ render
     def backward_map(self, verts_tgt: Tensor) -> Tensor:
         """(B, H, W, 2) the source pixel (centres at +0.5) each target pixel samples."""
-        return self._map(verts_tgt, self._check_target(verts_tgt), {})[1]
+        return self._base + self._map(verts_tgt, self._check_target(verts_tgt), {})[1]
 
     def _map(self, verts_tgt: Tensor, B: int, timings: dict):
         clock = time.perf_counter()
@@ -290,28 +300,28 @@ class WarpRenderer:
             clock = _tick(timings, "mesh", clock)
             maps.append(rasterize_map(meshes[-1], self._base, self.backend, self._still[k], self._step))
             clock = _tick(timings, "map", clock)
-        out = torch.stack(maps)
+        out = torch.stack(maps)  # displacements from the still map
         if self.falloff == 0:
             mask, _ = self.surface(verts_tgt)
-            out = torch.where(mask[:, 0, ..., None], out, self._base)
+            out = out * mask[:, 0, ..., None]
             _tick(timings, "map", clock)
         return meshes, out
 
-    def _sample(self, backward_map: Tensor) -> Tensor:
-        B = backward_map.shape[0]
+    def _sample(self, displacement: Tensor) -> Tensor:
+        B = displacement.shape[0]
         if self._cv2 is not None:
             cv2 = self._cv2
             frames = []
             for b in range(B):
                 src = self._hwc[b if len(self._hwc) > 1 else 0]
-                xy = (backward_map[b].float() - 0.5).numpy()
+                xy = self._base_cv + displacement[b].float().numpy()  # cv2: pixel centres at integers
                 out = cv2.remap(src, xy, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                 frames.append(torch.from_numpy(out.reshape(*out.shape[:2], -1)).permute(2, 0, 1))
             return torch.stack(frames) if B > 1 else frames[0][None]
         image = self.source_image.expand(B, -1, -1, -1)
         Hs, Ws = self.camera_src.height, self.camera_src.width
-        scale = torch.tensor([2.0 / Ws, 2.0 / Hs], dtype=backward_map.dtype, device=backward_map.device)
-        grid = (backward_map * scale - 1).to(image.dtype)
+        scale = torch.tensor([2.0 / Ws, 2.0 / Hs], dtype=displacement.dtype, device=displacement.device)
+        grid = ((self._base + displacement) * scale - 1).to(image.dtype)
         return Fnn.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def render(self, verts_tgt: Tensor, mouth_source: MouthSource | list | None = None,
@@ -326,9 +336,9 @@ class WarpRenderer:
         B = self._check_target(verts_tgt)
         timings = {} if timings is None else timings
         mouths = self._mouth_sources(mouth_source, B)
-        meshes, bmap = self._map(verts_tgt, B, timings)
+        meshes, disp = self._map(verts_tgt, B, timings)
         clock = time.perf_counter()
-        image = self._sample(bmap)
+        image = self._sample(disp)
         clock = _tick(timings, "remap", clock)
         filled = torch.zeros(B, 1, *image.shape[-2:], dtype=image.dtype, device=image.device)
         if self._fills:
@@ -344,7 +354,7 @@ class WarpRenderer:
                         torch.maximum(filled[b, 0], cover, out=filled[b, 0])
             _tick(timings, "fill", clock)
         size = (self.camera_src.height, self.camera_src.width)
-        return WarpResult(image, bmap, filled, size, lambda: self.surface(verts_tgt))
+        return WarpResult(image, disp, self._base, filled, size, lambda: self.surface(verts_tgt))
 
     @staticmethod
     def _mouth_sources(mouth_source, B: int) -> list:
