@@ -4,7 +4,10 @@ CPU: the cpp backend (per thread count) vs the same queries through Open3D's Ray
 (compute_closest_points over the N*H*W sample points + cast_rays over the H*W pixel rays, Embree)
 and warp-lang on the CPU (mesh_query_point_no_sign + mesh_query_ray). GPU (--device cuda): the
 cuda backend (fp16 output, CUDA events, median after warm-up, rotating inputs) vs a chunked
-brute-force torch nearest-triangle timed on a slice of the queries and scaled to a frame.
+brute-force torch nearest-triangle timed on a slice of the queries and scaled to a frame, plus a
+CUDA-graph replay timing and a per-kernel split (refit / raster / encode, torch.profiler); the
+same for the triton backend. The CUDA timing pieces (rotating_poses, cuda_event_times,
+cuda_graph_times, cuda_kernel_split) are functions other scripts call.
 
     python bench/bench_flow.py                       # CPU, both meshes
     python bench/bench_flow.py --device cuda --json $OUT/gpu.json
@@ -72,12 +75,15 @@ def flame_sized_meshes(n_lat: int = 70, n_lon: int = 72):
     return v0, vt, faces
 
 
-def sample_points(vt, vs, faces, cam, n):
-    """The N*H*W world sample points of the flow (as the reference defines them) and pixel rays."""
+def sample_points(vt, vs, faces, cam, n, near=None, far=None):
+    """The N*H*W world sample points of the flow (as the reference defines them) and pixel rays;
+    background samples over [near, far] (default: the mesh's depth range)."""
     B = 1
     r = native.native_rasterize(vt[None], faces, cam)
     z = cam.world_to_camera(vt[None])[..., 2]
-    pts = flow_aux.sample_points(r, cam, z.amin(1), z.amax(1), n, 0.01, "depth").reshape(-1, 3).contiguous()
+    lo = z.amin(1) if near is None else torch.tensor([near])
+    hi = z.amax(1) if far is None else torch.tensor([far])
+    pts = flow_aux.sample_points(r, cam, lo, hi, n, 0.01, "depth").reshape(-1, 3).contiguous()
     rays_cam = cam.pixel_rays(B)
     origin = cam.cam_to_world()[:3, 3]
     dirs = (rays_cam.reshape(-1, 3) @ cam.world_to_cam[:3, :3]).contiguous()  # world directions
@@ -98,13 +104,14 @@ def interleaved_min(runs: dict, repeat: int) -> dict:
     return {k: (best[k], runs[k][1]) for k in runs}
 
 
-def bench_cpu(name, vs, vt, faces, size, n, threads, repeat, rows, anchors):
+def bench_cpu(name, vs, vt, faces, size, n, threads, repeat, rows, anchors, near=None, far=None):
     cam = Camera.frame_head(vs, size)
     P = size * size * n
     enc = ops.FlowEncoder(faces, backend="cpp", n_samples=n, dtype=torch.float32, validate=False)
     out = torch.empty(1, 3 * n, size, size)
-    pts, origin, dirs, cover = sample_points(vt, vs, faces, cam, n)
-    print(f"\n== {name}: V={vs.shape[0]} F={faces.shape[0]} {size}x{size} N={n} -> {P / 1e6:.2f} M queries, "
+    pts, origin, dirs, cover = sample_points(vt, vs, faces, cam, n, near, far)
+    span = "mesh depth range" if near is None else f"{near}-{far} m"
+    print(f"\n== {name}, background {span}: V={vs.shape[0]} F={faces.shape[0]} {size}x{size} N={n} -> {P / 1e6:.2f} M queries, "
           f"head covers {100 * cover:.0f}% of pixels")
     runs = {}
     saved = native.get_num_threads()
@@ -120,7 +127,7 @@ def bench_cpu(name, vs, vt, faces, size, n, threads, repeat, rows, anchors):
         return run
 
     for t in threads:
-        runs[f"cpp fused encode ({t} thr)"] = (with_threads(t, lambda: enc(vt[None], vs[None], cam, out=out)), t)
+        runs[f"cpp fused encode ({t} thr)"] = (with_threads(t, lambda: enc(vt[None], vs[None], cam, near, far, out=out)), t)
         runs[f"cpp surface_field op, unfused ({t} thr)"] = (
             with_threads(t, lambda: bvh.surface_field(pts[None], vs[None])), t)
     if "open3d" in anchors:
@@ -183,71 +190,135 @@ def bench_cpu(name, vs, vt, faces, size, n, threads, repeat, rows, anchors):
         rows.append({"mesh": name, "method": k, "threads": thr, "ms_per_frame": 1e3 * t, "mqueries_per_s": P / t / 1e6})
 
 
-def bench_cuda(name, vs, vt, faces, size, n, repeat, rows, brute_points=1 << 15):
-    dev = "cuda"
-    cam = Camera.frame_head(vs, size).to(device=dev)
-    vs_d, vt_d, f_d = vs.to(dev), vt.to(dev), faces.to(dev)
-    # Rotating inputs: several target poses so no frame repeats the previous one's inputs.
-    poses = [((vt_d - vt_d.mean(0)) @ yaw(d).to(dev).T + vt_d.mean(0))[None].contiguous() for d in (-2, -1, 0, 1, 2)]
-    enc = ops.FlowEncoder(f_d, backend="cuda", n_samples=n, dtype=torch.float16, validate=False)
-    out = torch.empty(1, 3 * n, size, size, dtype=torch.float16, device=dev)
-    for k in range(10):
-        enc(poses[k % 5], vs_d[None], cam, out=out)
+# ---------------------------------------------------------------------------------------------
+# CUDA timing pieces (also called by the GPU engineer's bench/gpu_all.sh)
+
+def rotating_poses(vt, k: int = 5, step_deg: float = 1.0):
+    """k target poses yawed about the mesh centre, so no frame repeats the previous one's inputs."""
+    c = vt.mean(0)
+    return [((vt - c) @ yaw(step_deg * (i - k // 2)).to(vt).T + c)[None].contiguous() for i in range(k)]
+
+
+def cuda_event_times(step, n_frames: int, warmup: int = 10) -> list[float]:
+    """ms per call of step(frame_index) by CUDA events, after `warmup` untimed calls."""
+    for k in range(warmup):
+        step(k)
     torch.cuda.synchronize()
     times = []
-    for k in range(repeat):
+    for k in range(n_frames):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
-        enc(poses[k % 5], vs_d[None], cam, out=out)
+        step(k)
         e.record()
         e.synchronize()
         times.append(s.elapsed_time(e))
-    med = statistics.median(times)
+    return times
+
+
+def cuda_graph_times(run, static_in, poses, n_frames: int, warmup: int = 3) -> list[float]:
+    """ms per replay of a CUDA graph of run() (which reads static_in), the rotating pose copied into
+    static_in before each replay (outside the timed region)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):   # warm-up on a side stream, as graph capture requires
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+
+    times = []
+    for k in range(n_frames + warmup):
+        static_in.copy_(poses[k % len(poses)])
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        graph.replay()
+        e.record()
+        e.synchronize()
+        if k >= warmup:
+            times.append(s.elapsed_time(e))
+    return times
+
+
+def cuda_kernel_split(step, n_frames: int = 20) -> dict[str, float]:
+    """Median device ms per frame of each CUDA kernel step() launches (torch.profiler), e.g.
+    refit_kernel / clear_keys / raster_kernel / flow_kernel for the cuda backend."""
+    from torch.profiler import ProfilerActivity, profile
+    step(0)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for k in range(n_frames):
+            step(k)
+        torch.cuda.synchronize()
+    per = {}
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if t:
+            per[ev.key] = t / 1e3 / n_frames   # us total -> ms per frame
+    return dict(sorted(per.items(), key=lambda kv: -kv[1]))
+
+
+def _summary(times):
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "frames": len(times)}
+
+
+def bench_cuda(name, vs, vt, faces, size, n, repeat, rows, brute_points=1 << 15):
+    dev = "cuda"
+    gpu = torch.cuda.get_device_name()
+    cam = Camera.frame_head(vs, size).to(device=dev)
+    vs_d, vt_d, f_d = vs.to(dev), vt.to(dev), faces.to(dev)
+    poses = rotating_poses(vt_d)
     P = size * size * n
-    print(f"\n== {name} on {torch.cuda.get_device_name()}: {size}x{size} N={n}, fp16 out")
-    print(f"   cuda fused encode (refit + raster + sample + field + stack): median {med:.3f} ms "
-          f"(min {min(times):.3f}), {P / med / 1e3:.0f} Mq/s")
-    rows.append({"mesh": name, "method": "cuda fused encode fp16", "ms_per_frame": med, "mqueries_per_s": P / med / 1e3,
-                 "device": torch.cuda.get_device_name()})
-    # The Triton backend beside it: same poses, fp16 output, CUDA events, median after warm-up.
+    print(f"\n== {name} on {gpu}: {size}x{size} N={n}, fp16 out, {len(poses)} rotating poses")
+
+    def report(method, times, **extra):
+        t = _summary(times)
+        print(f"   {method:52s} median {t['median_ms']:.3f} ms (min {t['min_ms']:.3f}), "
+              f"{P / t['median_ms'] / 1e3:.0f} Mq/s")
+        rows.append({"mesh": name, "method": method, "ms_per_frame": t["median_ms"], "min_ms": t["min_ms"],
+                     "mqueries_per_s": P / t["median_ms"] / 1e3, "device": gpu, **extra})
+        return t["median_ms"]
+
+    enc = ops.FlowEncoder(f_d, backend="cuda", n_samples=n, dtype=torch.float16, validate=False)
+    out = torch.empty(1, 3 * n, size, size, dtype=torch.float16, device=dev)
+    step = lambda k: enc(poses[k % len(poses)], vs_d[None], cam, out=out)  # noqa: E731
+    med = report("cuda fused encode (refit+raster+encode)", cuda_event_times(step, repeat))
+    static = poses[0].clone()
+    report("cuda fused encode, CUDA-graph replay", cuda_graph_times(lambda: enc(static, vs_d[None], cam, out=out),
+                                                                   static, poses, repeat))
+    split = cuda_kernel_split(step)
+    print(f"   per kernel (ms/frame): {', '.join(f'{k} {v:.3f}' for k, v in split.items())}")
+    rows.append({"mesh": name, "method": "cuda per-kernel split", "kernels_ms": split, "device": gpu})
     from fgp_fast.ops import triton as triton_backend
     why = triton_backend.unavailable_reason(dev)
     if why is None:
         t_out = torch.empty_like(out)
         t_enc = ops.FlowEncoder(f_d, backend="triton", n_samples=n, dtype=torch.float16, validate=False)
-        for k in range(10):   # the first call autotunes (~13 configs compile)
-            t_enc(poses[k % 5], vs_d[None], cam, out=t_out)
-        torch.cuda.synchronize()
-        t_times = []
-        for k in range(repeat):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            t_enc(poses[k % 5], vs_d[None], cam, out=t_out)
-            e.record()
-            e.synchronize()
-            t_times.append(s.elapsed_time(e))
-        t_med = statistics.median(t_times)
-        print(f"   triton fused encode (raster + encode): median {t_med:.3f} ms (min {min(t_times):.3f}), "
-              f"{t_med / med:.2f}x the cuda time; autotuned {triton_backend.last_config()}")
-        rows.append({"mesh": name, "method": "triton fused encode fp16", "ms_per_frame": t_med,
-                     "mqueries_per_s": P / t_med / 1e3, "device": torch.cuda.get_device_name(),
-                     "autotuned": triton_backend.last_config()})
+        t_step = lambda k: t_enc(poses[k % len(poses)], vs_d[None], cam, out=t_out)  # noqa: E731
+        t_med = report("triton fused encode (raster+encode)", cuda_event_times(t_step, repeat),
+                       autotuned=triton_backend.last_config())
+        print(f"   triton / cuda = {t_med / med:.2f}x; autotuned {triton_backend.last_config()}")
+        t_split = cuda_kernel_split(t_step)
+        print(f"   triton per kernel (ms/frame): {', '.join(f'{k} {v:.3f}' for k, v in t_split.items())}")
+        rows.append({"mesh": name, "method": "triton per-kernel split", "kernels_ms": t_split, "device": gpu})
+        try:
+            t_static = poses[0].clone()
+            report("triton fused encode, CUDA-graph replay",
+                   cuda_graph_times(lambda: t_enc(t_static, vs_d[None], cam, out=t_out), t_static, poses, repeat))
+        except Exception as exc:  # noqa: BLE001 - the launch path may still sync the host
+            print(f"   triton graph capture failed: {type(exc).__name__}: {exc}")
     else:
         print(f"   triton backend not timed: {why}")
     # Brute force: all triangles per query, chunked, on a slice; scaled to the frame.
     pts = sample_points(vt, vs, faces, cam.to(device="cpu"), n)[0][:brute_points].to(dev)
     tri = vt_d[f_d]
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    reference.nearest_faces_brute_force(pts, tri, chunk=64)
-    e.record()
-    e.synchronize()
-    ms = s.elapsed_time(e) * P / pts.shape[0]
+    ms = cuda_event_times(lambda k: reference.nearest_faces_brute_force(pts, tri, chunk=64), 1, warmup=1)[0]
+    ms *= P / pts.shape[0]
     print(f"   brute-force torch nearest (scaled from {pts.shape[0]} queries): {ms / 1e3:.2f} s/frame -> "
           f"{ms / med:.0f}x slower")
     rows.append({"mesh": name, "method": "torch brute force (scaled)", "ms_per_frame": ms,
-                 "mqueries_per_s": P / ms / 1e3, "device": torch.cuda.get_device_name()})
+                 "mqueries_per_s": P / ms / 1e3, "device": gpu})
 
 
 def main():
@@ -259,6 +330,10 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--mesh", default="both", choices=["ict", "flame", "both"])
     ap.add_argument("--anchors", default="open3d,warp")
+    ap.add_argument("--near", type=float, default=None, help="background range start (default: mesh depth range)")
+    ap.add_argument("--far", type=float, default=None)
+    ap.add_argument("--far-background", action="store_true",
+                    help="also run the far-background set: background 0.45-0.9 m (head at ~0.65 m)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if native.cpp_unavailable_reason("cpu") is not None:
@@ -274,7 +349,11 @@ def main():
     rows = []
     for name, vs, vt, faces in meshes:
         if args.device == "cpu":
-            bench_cpu(name, vs, vt, faces, args.size, args.n, threads, args.repeat, rows, args.anchors.split(","))
+            bench_cpu(name, vs, vt, faces, args.size, args.n, threads, args.repeat, rows, args.anchors.split(","),
+                      args.near, args.far)
+            if args.far_background:
+                bench_cpu(name + " far background", vs, vt, faces, args.size, args.n, threads, args.repeat, rows,
+                          args.anchors.split(","), 0.45, 0.9)
         else:
             bench_cuda(name, vs, vt, faces, args.size, args.n, max(args.repeat, 50), rows)
     if args.json:

@@ -8,7 +8,6 @@ namespace fgp {
 
 constexpr float kZMin = 1e-6f;  // reference.Z_MIN
 constexpr uint64_t kEmptyKey = ~0ull;
-constexpr int kNoFace = 0x7fffffff;
 
 enum OutKind : int { kOutF32 = 0, kOutF16 = 1, kOutBF16 = 2, kOutF64 = 3 };
 
@@ -151,8 +150,8 @@ FGP_HD void offer_face(const float* __restrict__ verts, const int* __restrict__ 
                        Hit& hit) {
   Vec3 a, b, c;
   load_face(verts, faces, f, a, b, c);
-  const float d2 = point_triangle_dist2(p, a, b, c);
-  if (d2 < hit.d2 || (d2 == hit.d2 && f < hit.face)) hit = Hit{f, -1, d2};
+  FGP_TRACE(kTraceSeed);
+  hit_offer(hit, f, point_triangle_dist2(p, a, b, c));
 }
 
 struct Field {
@@ -244,10 +243,11 @@ FGP_HD void flow_pixel(const FlowPixelArgs& A, const CamParams& cam, int x, int 
   const float span = head ? 2.f * A.delta : A.far - A.near;
   int prev = face0;
   for (int n = 0; n < A.N; ++n) {
+    FGP_TRACE(kTraceSample);
     const float s = A.N == 1 ? 0.5f : static_cast<float>(n) / static_cast<float>(A.N - 1);
     const float d = lo + span * s;
     const Vec3 pw = to_world(cam, d * ray);
-    Hit hit{kNoFace, -1, INFINITY};
+    Hit hit = no_hit();
     if (prev >= 0) offer_face(A.vt, A.faces, prev, pw, hit);
     if (left != nullptr && left[n] >= 0 && left[n] != prev) offer_face(A.vt, A.faces, left[n], pw, hit);
     bvh_nearest(A.nodes, A.tris, pw, hit);

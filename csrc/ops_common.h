@@ -5,6 +5,8 @@
 #include <torch/library.h>
 #include <ATen/ATen.h>
 
+#include <vector>
+
 #include "flow_core.h"
 
 namespace fgp {
@@ -71,11 +73,12 @@ inline void check_image(int64_t H, int64_t W) {
               kMaxImage, "], got ", H, "x", W);
 }
 
-// nodes (B, M, 8) float32 and tris (B, F, 12) float32 of a refit BVH; returns M. With validate,
-// the node links are checked (children after parents, leaf ranges inside [0, F]) so a corrupt
-// BVH cannot send a traversal out of bounds or into a cycle.
+// nodes (B, M, 8) float32 and tris (B, F, 12) float32 of a refit BVH; returns M. With validate
+// (on host copies, linear time: bvh_check_nodes) the tree shape, boxes and triangles are checked
+// against verts (B, V, 3) and faces, so a corrupt or crafted BVH can send no traversal out of
+// bounds, into a cycle or down exponentially many paths, and a stale one is caught.
 inline int64_t check_bvh(const at::Tensor& nodes, const at::Tensor& tris, int64_t B, int64_t F,
-                         const at::Device& dev, bool validate) {
+                         const at::Device& dev, bool validate, const at::Tensor& verts, const at::Tensor& faces) {
   TORCH_CHECK(nodes.defined() && nodes.dim() == 3 && nodes.size(0) == B && nodes.size(1) >= 1 &&
                   nodes.size(2) == 8,
               "fgp: bvh nodes must have shape (B=", B, ", M, 8)");
@@ -89,19 +92,52 @@ inline int64_t check_bvh(const at::Tensor& nodes, const at::Tensor& tris, int64_
               "fgp: bvh tensors must be 16-byte aligned");
   const int64_t M = nodes.size(1);
   if (validate) {
-    auto ni = nodes.view(at::kInt);
-    auto li = ni.select(2, 3), ui = ni.select(2, 7);
-    auto idx = at::arange(M, ni.options()).unsqueeze(0);
-    auto leaf = li < 0;
-    auto start = at::bitwise_not(li);
-    auto inner_ok = (li > idx) & (li < M) & (ui > idx) & (ui < M);
-    auto leaf_ok = (start >= 0) & (start < ui) & (ui <= F);
-    TORCH_CHECK(at::where(leaf, leaf_ok, inner_ok).all().item<bool>(),
-                "fgp: bvh nodes are corrupt (not built by fgp::bvh_build / refit for these faces)");
-    auto face = tris.view(at::kInt).select(2, 3);
-    TORCH_CHECK(((face >= 0) & (face < F)).all().item<bool>(), "fgp: bvh tris hold face ids out of range");
+    const at::Tensor n = nodes.cpu(), t = tris.cpu(), v = verts.cpu(), f = faces.cpu();
+    const int64_t V = v.size(1);
+    for (int64_t b = 0; b < B; ++b) {
+      const char* err = bvh_check_nodes(reinterpret_cast<const BVHNode*>(n.data_ptr<float>()) + b * M * 2, M,
+                                        t.data_ptr<float>() + b * F * kTriStride, F, v.data_ptr<float>() + b * V * 3,
+                                        f.data_ptr<int>());
+      TORCH_CHECK(err == nullptr, "fgp: bvh is corrupt (", err, "); build it with MeshBVH / bvh_build and refit it");
+    }
   }
   return M;
+}
+
+// bvh_refit arguments (CPU and CUDA alike). With validate, the topology's tree shape is checked
+// (bvh_check_topology, linear time) before any refit walks it.
+inline void check_refit(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& topo, const at::Tensor& prim,
+                        const at::Tensor& nodes, const at::Tensor& tris, const at::Tensor& scratch, bool validate) {
+  TORCH_CHECK(verts.defined(), "fgp: verts is undefined");
+  const at::Device dev = verts.device();
+  auto [B, V] = check_verts(verts, "verts", dev, validate);
+  const int64_t F = check_faces(faces, V, dev, validate);
+  TORCH_CHECK(topo.defined() && topo.dim() == 2 && topo.size(1) == 4 && topo.size(0) >= 1 &&
+                  topo.size(0) < 2 * F,
+              "fgp: topo must have shape (M, 4) with 1 <= M < 2F");
+  check_tensor(topo, "topo", at::kInt, dev);
+  TORCH_CHECK(prim.defined() && prim.dim() == 1 && prim.size(0) == F, "fgp: prim must have shape (F=", F, ",)");
+  check_tensor(prim, "prim", at::kInt, dev);
+  const int64_t M = topo.size(0);
+  TORCH_CHECK(nodes.defined() && nodes.dim() == 3 && nodes.size(0) == B && nodes.size(1) == M && nodes.size(2) == 8,
+              "fgp: nodes must have shape (B=", B, ", M=", M, ", 8)");
+  check_tensor(nodes, "nodes", at::kFloat, dev);
+  TORCH_CHECK(tris.defined() && tris.dim() == 3 && tris.size(0) == B && tris.size(1) == F && tris.size(2) == 12,
+              "fgp: tris must have shape (B=", B, ", F=", F, ", 12)");
+  check_tensor(tris, "tris", at::kFloat, dev);
+  TORCH_CHECK(scratch.defined() && scratch.dim() == 2 && scratch.size(0) == B && scratch.size(1) == M,
+              "fgp: scratch must have shape (B=", B, ", M=", M, ")");
+  check_tensor(scratch, "scratch", at::kInt, dev);
+  if (validate) {
+    const at::Tensor t = topo.cpu(), pr = prim.cpu();
+    const int* ti = t.data_ptr<int>();
+    const char* err = bvh_check_topology(ti, ti + 1, ti + 2, 4, M, F);
+    TORCH_CHECK(err == nullptr, "fgp: topo is corrupt (", err, ")");
+    std::vector<char> seen(F, 0);
+    const int* p = pr.data_ptr<int>();
+    for (int64_t k = 0; k < F; ++k)
+      TORCH_CHECK(p[k] >= 0 && p[k] < F && !seen[p[k]]++, "fgp: prim is not a permutation of the faces");
+  }
 }
 
 inline int out_kind(at::ScalarType t) {
@@ -139,7 +175,25 @@ inline FlowDims check_flow(const at::Tensor& vt, const at::Tensor& vs, const at:
   check_image(H, W);
   TORCH_CHECK(N >= 1 && N <= kMaxSamples, "fgp: n_samples must be in [1, ", kMaxSamples, "], got ", N);
   TORCH_CHECK(std::isfinite(delta) && delta > 0, "fgp: delta must be finite and > 0, got ", delta);
-  const int64_t M = check_bvh(nodes, tris, B, F, dev, validate);
+  const int64_t M = check_bvh(nodes, tris, B, F, dev, validate, vt, faces);
+  return {B, V, F, M};
+}
+
+// surface_field arguments; returns {B, V, F, M}.
+inline FlowDims check_surface_field(const at::Tensor& points, const at::Tensor& vt, const at::Tensor& vs,
+                                    const at::Tensor& faces, const at::Tensor& nodes, const at::Tensor& tris,
+                                    bool validate) {
+  TORCH_CHECK(vt.defined(), "fgp: verts_tgt is undefined");
+  const at::Device dev = vt.device();
+  auto [B, V] = check_verts(vt, "verts_tgt", dev, validate);
+  check_verts(vs, "verts_src", dev, validate);
+  TORCH_CHECK(vs.sizes() == vt.sizes(), "fgp: verts_src ", vs.sizes(), " and verts_tgt ", vt.sizes(), " differ");
+  TORCH_CHECK(points.defined() && points.dim() == 3 && points.size(0) == B && points.size(2) == 3,
+              "fgp: points must have shape (B=", B, ", P, 3)");
+  check_tensor(points, "points", at::kFloat, dev);
+  if (validate) check_finite(points, "points");
+  const int64_t F = check_faces(faces, V, dev, validate);
+  const int64_t M = check_bvh(nodes, tris, B, F, dev, validate, vt, faces);
   return {B, V, F, M};
 }
 

@@ -7,16 +7,18 @@ One program = one screen tile (TILE_H x TILE_W pixels) x one sample index n x on
 All arithmetic is float32 in the target camera frame (meshes are moved there in torch first;
 rigid motions keep distances, and the flow R (p_src - p) is then simply p_src_cam - p_cam).
 
-Nearest triangle, per sample p, exact with ties to the lowest face index:
+Nearest triangle, per sample p, under the tie rule (docs/tie_rule.md: the lowest face index within
+the tie bound of the minimum distance):
   seed   head pixels: the rasterised face (the sample lies on its ray, |t|*||ray|| from it), an
          exact candidate and an upper bound;
   pass A tiles with background samples: upper bound min_c |p - rep_c|^2 over all clusters
-         (rep_c lies on a triangle of cluster c);
-  pass B every cluster whose AABB lower bound can reach some sample's bound (small relative
-         slack against rounding; first a scalar box-to-tile-box test against the tile's largest
-         bound, then per sample) gets the dense BLOCK x C exact point-triangle test (Ericson's
-         regions, the same operations as fgp_fast.ops.geometry, in CS-wide slices) and a running
-         argmin; ties go to the lowest face index.
+         (rep_c lies on a triangle of cluster c), CB clusters per vector step;
+  pass B every cluster whose AABB lower bound can reach some sample's tie bound (small relative
+         slack against rounding; first a vector box-to-tile-box test of CB clusters at a time
+         against the tile's largest bound, then per cluster and per sample) gets the dense
+         BLOCK x C exact point-triangle test (Ericson's regions, the same operations as
+         fgp_fast.ops.geometry, in CS-wide slices) and a running tie-rule state (the lowest face
+         within the tie bound of the minimum).
 """
 from __future__ import annotations
 
@@ -28,8 +30,11 @@ INTERPRETED = bool(knobs.runtime.interpret)   # how the kernels below were built
 
 BIG_INT = tl.constexpr(2147483647)
 INF = tl.constexpr(float("inf"))
-SLACK_REL = tl.constexpr(1e-4)   # cull only when lower bound > bound * (1 + SLACK_REL) + SLACK_ABS
+SLACK_REL = tl.constexpr(1e-4)   # cull only when lower bound > tie bound * (1 + SLACK_REL) + SLACK_ABS
 SLACK_ABS = tl.constexpr(1e-12)  # m^2
+TIE_ABS = tl.constexpr(2.0 ** -17)   # the tie rule (docs/tie_rule.md; reference.TIE_ABS, TIE_REL)
+TIE_REL = tl.constexpr(2.0 ** -14)
+CB = tl.constexpr(64)   # cluster boxes tested per vector step (pass A and the first cull of pass B)
 
 
 # Reductions go through tl.reduce with the standard combine functions (what tl.min / tl.sum do):
@@ -111,6 +116,72 @@ def _tri_dist2(px, py, pz, ax, ay, az, bx, by, bz, cx, cy, cz):
     qz = u * az + v * bz + w * cz
     ex, ey, ez = px - qx, py - qy, pz - qz
     return ex * ex + ey * ey + ez * ez
+
+
+@triton.jit
+def _tie_bound2(d2):
+    """The tie rule's squared bound (docs/tie_rule.md; reference.tie_bound2)."""
+    t = tl.sqrt_rn(d2) * (1.0 + TIE_REL) + TIE_ABS
+    return t * t
+
+
+@triton.jit
+def _offer_slice(d2, fid, best, sel_f, sel2, forgot2, lost2):
+    """Offer a (BLOCK, CS) slice of squared distances with face ids to the per-sample tie-rule state
+    (the kept lowest face in the window, its d2, the least d2 of window members dropped for a
+    higher face, and of those dropped before the kept face left the window: csrc/bvh.h hit_offer)."""
+    nbest = tl.minimum(best, _min1(d2))
+    bound2 = _tie_bound2(nbest)
+    inside = d2 <= bound2[:, None]
+    cf = _min1(tl.where(inside, fid, BIG_INT))
+    is_c = fid == cf[:, None]
+    c2 = _min1(tl.where(inside & is_c, d2, INF))
+    c_forgot = _min1(tl.where(inside & (fid != cf[:, None]), d2, INF))
+    evict = sel2 > bound2
+    lost2 = tl.where(evict, tl.minimum(lost2, forgot2), lost2)
+    forgot2 = tl.where(evict, INF, forgot2)
+    sel_f = tl.where(evict, BIG_INT, sel_f)
+    sel2 = tl.where(evict, INF, sel2)
+    take = cf < sel_f
+    other2 = tl.where(take, sel2, tl.where(cf == sel_f, INF, c2))
+    forgot2 = tl.minimum(tl.minimum(forgot2, c_forgot), other2)
+    sel2 = tl.where(take, c2, sel2)
+    sel_f = tl.where(take, cf, sel_f)
+    return nbest, sel_f, sel2, forgot2, lost2
+
+
+@triton.jit
+def _cluster_rows(ctri_ptr, cface_ptr, tbase, c, jj, C: tl.constexpr):
+    """Columns jj of cluster c's 9 structure-of-arrays rows (1, len(jj)) each, and their face ids."""
+    t = ctri_ptr + tbase + c * 9 * C + jj
+    return (tl.load(t + 0 * C)[None, :], tl.load(t + 1 * C)[None, :], tl.load(t + 2 * C)[None, :],
+            tl.load(t + 3 * C)[None, :], tl.load(t + 4 * C)[None, :], tl.load(t + 5 * C)[None, :],
+            tl.load(t + 6 * C)[None, :], tl.load(t + 7 * C)[None, :], tl.load(t + 8 * C)[None, :],
+            tl.load(cface_ptr + c * C + jj)[None, :])
+
+
+@triton.jit
+def _slice_d2(px, py, pz, ctri_ptr, cface_ptr, tbase, c, k, C: tl.constexpr, CS: tl.constexpr):
+    """Squared distances (BLOCK, CS) from the samples to triangles k..k+CS of cluster c, face ids."""
+    tax, tay, taz, tbx, tby, tbz, tcx, tcy, tcz, fid = _cluster_rows(ctri_ptr, cface_ptr, tbase, c,
+                                                                     k + tl.arange(0, CS), C)
+    d2 = _tri_dist2(px[:, None], py[:, None], pz[:, None], tax, tay, taz, tbx, tby, tbz, tcx, tcy, tcz)
+    return d2, fid
+
+
+@triton.jit
+def _box_lower(cmeta_ptr, mbase, c, px, py, pz):
+    """Squared distance from each sample to cluster c's box (a lower bound of its triangles')."""
+    lox = tl.load(cmeta_ptr + mbase + c * 9 + 0)
+    loy = tl.load(cmeta_ptr + mbase + c * 9 + 1)
+    loz = tl.load(cmeta_ptr + mbase + c * 9 + 2)
+    hix = tl.load(cmeta_ptr + mbase + c * 9 + 3)
+    hiy = tl.load(cmeta_ptr + mbase + c * 9 + 4)
+    hiz = tl.load(cmeta_ptr + mbase + c * 9 + 5)
+    gx = tl.maximum(lox - px, 0.0) + tl.maximum(px - hix, 0.0)
+    gy = tl.maximum(loy - py, 0.0) + tl.maximum(py - hiy, 0.0)
+    gz = tl.maximum(loz - pz, 0.0) + tl.maximum(pz - hiz, 0.0)
+    return gx * gx + gy * gy + gz * gz
 
 
 @triton.jit
@@ -212,72 +283,87 @@ def flow_encode_kernel(
     seed = _tri_dist2(px, py, pz, ax, ay, az, bx, by, bz, cx, cy, cz)
     best = tl.where(valid & head, seed, INF)
     best_f = tl.where(valid & head, rface, BIG_INT)
+    sel2 = best
+    forgot2 = tl.full(best.shape, INF, tl.float32)
+    lost2 = forgot2
     bound = best
 
     mbase = b64 * NC * 9
-    # ---- pass A: an upper bound for background samples from one point per cluster
+    # ---- pass A: an upper bound for background samples from one point per cluster, CB clusters
+    # per step (a BLOCK x CB distance tile)
     n_bg = _count(valid & (best == INF))
     if n_bg > 0:
-        for c in range(0, NC):
-            rx = tl.load(cmeta_ptr + mbase + c * 9 + 6)
-            ry = tl.load(cmeta_ptr + mbase + c * 9 + 7)
-            rz = tl.load(cmeta_ptr + mbase + c * 9 + 8)
-            ex = px - rx
-            ey = py - ry
-            ez = pz - rz
-            bound = tl.minimum(bound, ex * ex + ey * ey + ez * ez)
+        for c0 in range(0, NC, CB):
+            cc = c0 + tl.arange(0, CB)
+            ok = cc < NC
+            rx = tl.load(cmeta_ptr + mbase + cc * 9 + 6, mask=ok, other=INF)[None, :]
+            ry = tl.load(cmeta_ptr + mbase + cc * 9 + 7, mask=ok, other=INF)[None, :]
+            rz = tl.load(cmeta_ptr + mbase + cc * 9 + 8, mask=ok, other=INF)[None, :]
+            ex = px[:, None] - rx
+            ey = py[:, None] - ry
+            ez = pz[:, None] - rz
+            bound = tl.minimum(bound, _min1(ex * ex + ey * ey + ez * ez))
 
-    # ---- pass B: cull clusters by their boxes, exact dense test on the survivors.
-    # First a scalar test of the cluster box against the box of the tile's samples and the tile's
-    # largest bound (no cross-thread work), then the per-sample test.
+    # ---- pass B: cull clusters by their boxes against the tie bound, exact dense test on the
+    # survivors. CB cluster boxes at a time against the box of the tile's samples and the tile's
+    # largest bound (one vector test culls most of them), then per surviving block each cluster:
+    # the same scalar test with the bound found so far, the per-sample test, the dense test.
     tx0 = _min0(tl.where(valid, px, INF))
     ty0 = _min0(tl.where(valid, py, INF))
     tz0 = _min0(tl.where(valid, pz, INF))
     tx1 = _max0(tl.where(valid, px, -INF))
     ty1 = _max0(tl.where(valid, py, -INF))
     tz1 = _max0(tl.where(valid, pz, -INF))
-    tile_bound = _max0(tl.where(valid, bound, 0.0)) * (1.0 + SLACK_REL) + SLACK_ABS
+    cull = _tie_bound2(bound) * (1.0 + SLACK_REL) + SLACK_ABS
+    tile_bound = _max0(tl.where(valid, cull, 0.0))
     tbase = b64 * NC * 9 * C
-    for c in range(0, NC):
-        lox = tl.load(cmeta_ptr + mbase + c * 9 + 0)
-        loy = tl.load(cmeta_ptr + mbase + c * 9 + 1)
-        loz = tl.load(cmeta_ptr + mbase + c * 9 + 2)
-        hix = tl.load(cmeta_ptr + mbase + c * 9 + 3)
-        hiy = tl.load(cmeta_ptr + mbase + c * 9 + 4)
-        hiz = tl.load(cmeta_ptr + mbase + c * 9 + 5)
-        bx_ = tl.maximum(lox - tx1, 0.0) + tl.maximum(tx0 - hix, 0.0)
-        by_ = tl.maximum(loy - ty1, 0.0) + tl.maximum(ty0 - hiy, 0.0)
-        bz_ = tl.maximum(loz - tz1, 0.0) + tl.maximum(tz0 - hiz, 0.0)
-        n_need = 0
-        if bx_ * bx_ + by_ * by_ + bz_ * bz_ <= tile_bound:
-            gx = tl.maximum(lox - px, 0.0) + tl.maximum(px - hix, 0.0)
-            gy = tl.maximum(loy - py, 0.0) + tl.maximum(py - hiy, 0.0)
-            gz = tl.maximum(loz - pz, 0.0) + tl.maximum(pz - hiz, 0.0)
-            lower = gx * gx + gy * gy + gz * gz
-            n_need = _count(valid & (lower <= bound * (1.0 + SLACK_REL) + SLACK_ABS))
-        if n_need > 0:
-            for k in tl.static_range(0, C, CS):     # CS-wide slices keep the dense tile in registers
-                jj = k + tl.arange(0, CS)
-                t = ctri_ptr + tbase + c * 9 * C + jj
-                tax = tl.load(t + 0 * C)[None, :]
-                tay = tl.load(t + 1 * C)[None, :]
-                taz = tl.load(t + 2 * C)[None, :]
-                tbx = tl.load(t + 3 * C)[None, :]
-                tby = tl.load(t + 4 * C)[None, :]
-                tbz = tl.load(t + 5 * C)[None, :]
-                tcx = tl.load(t + 6 * C)[None, :]
-                tcy = tl.load(t + 7 * C)[None, :]
-                tcz = tl.load(t + 8 * C)[None, :]
-                fid = tl.load(cface_ptr + c * C + jj)[None, :]
-                d2 = _tri_dist2(px[:, None], py[:, None], pz[:, None],
-                                tax, tay, taz, tbx, tby, tbz, tcx, tcy, tcz)
-                m = _min1(d2)
-                mf = _min1(tl.where(d2 == m[:, None], fid, BIG_INT))
-                better = (m < best) | ((m == best) & (mf < best_f))
-                best = tl.where(better, m, best)
-                best_f = tl.where(better, mf, best_f)
-            bound = tl.minimum(bound, best)
-            tile_bound = _max0(tl.where(valid, bound, 0.0)) * (1.0 + SLACK_REL) + SLACK_ABS
+    for c0 in range(0, NC, CB):
+        cc = c0 + tl.arange(0, CB)
+        ok = cc < NC
+        blo_x = tl.load(cmeta_ptr + mbase + cc * 9 + 0, mask=ok, other=INF)
+        blo_y = tl.load(cmeta_ptr + mbase + cc * 9 + 1, mask=ok, other=INF)
+        blo_z = tl.load(cmeta_ptr + mbase + cc * 9 + 2, mask=ok, other=INF)
+        bhi_x = tl.load(cmeta_ptr + mbase + cc * 9 + 3, mask=ok, other=INF)
+        bhi_y = tl.load(cmeta_ptr + mbase + cc * 9 + 4, mask=ok, other=INF)
+        bhi_z = tl.load(cmeta_ptr + mbase + cc * 9 + 5, mask=ok, other=INF)
+        gx = tl.maximum(blo_x - tx1, 0.0) + tl.maximum(tx0 - bhi_x, 0.0)
+        gy = tl.maximum(blo_y - ty1, 0.0) + tl.maximum(ty0 - bhi_y, 0.0)
+        gz = tl.maximum(blo_z - tz1, 0.0) + tl.maximum(tz0 - bhi_z, 0.0)
+        if _count(ok & (gx * gx + gy * gy + gz * gz <= tile_bound)) > 0:
+            for c in range(c0, tl.minimum(c0 + CB, NC)):
+                lox = tl.load(cmeta_ptr + mbase + c * 9 + 0)
+                loy = tl.load(cmeta_ptr + mbase + c * 9 + 1)
+                loz = tl.load(cmeta_ptr + mbase + c * 9 + 2)
+                hix = tl.load(cmeta_ptr + mbase + c * 9 + 3)
+                hiy = tl.load(cmeta_ptr + mbase + c * 9 + 4)
+                hiz = tl.load(cmeta_ptr + mbase + c * 9 + 5)
+                bx_ = tl.maximum(lox - tx1, 0.0) + tl.maximum(tx0 - hix, 0.0)
+                by_ = tl.maximum(loy - ty1, 0.0) + tl.maximum(ty0 - hiy, 0.0)
+                bz_ = tl.maximum(loz - tz1, 0.0) + tl.maximum(tz0 - hiz, 0.0)
+                n_need = 0
+                if bx_ * bx_ + by_ * by_ + bz_ * bz_ <= tile_bound:
+                    n_need = _count(valid & (_box_lower(cmeta_ptr, mbase, c, px, py, pz) <= cull))
+                if n_need > 0:
+                    for k in tl.static_range(0, C, CS):     # CS-wide slices keep the dense tile in registers
+                        d2, fid = _slice_d2(px, py, pz, ctri_ptr, cface_ptr, tbase, c, k, C, CS)
+                        best, best_f, sel2, forgot2, lost2 = _offer_slice(d2, fid, best, best_f, sel2, forgot2,
+                                                                          lost2)
+                    bound = tl.minimum(bound, best)
+                    cull = _tie_bound2(bound) * (1.0 + SLACK_REL) + SLACK_ABS
+                    tile_bound = _max0(tl.where(valid, cull, 0.0))
+
+    # ---- rare: a window member dropped for a higher face may be inside the final window after the
+    # kept face left it; then the lowest face within the final bound is searched directly.
+    bound2 = _tie_bound2(best)
+    lost = valid & (lost2 <= bound2)
+    if _count(lost) > 0:
+        reach = bound2 * (1.0 + SLACK_REL) + SLACK_ABS
+        for c in range(0, NC):
+            if _count(lost & (_box_lower(cmeta_ptr, mbase, c, px, py, pz) <= reach)) > 0:
+                for k in tl.static_range(0, C, CS):
+                    d2, fid = _slice_d2(px, py, pz, ctri_ptr, cface_ptr, tbase, c, k, C, CS)
+                    low = _min1(tl.where(d2 <= bound2[:, None], fid, BIG_INT))
+                    best_f = tl.where(lost, tl.minimum(best_f, low), best_f)
 
     # ---- surface field through the winner (DESIGN.md step 3) and the flow (step 4)
     f = tl.where(valid, best_f, 0)
@@ -392,17 +478,7 @@ def rasterize_kernel(
         bv0 = tl.load(cbox_ptr + (b64 * NC + c) * 4 + 2)
         bv1 = tl.load(cbox_ptr + (b64 * NC + c) * 4 + 3)
         if (bu1 >= cx_lo) & (bu0 <= cx_hi) & (bv1 >= cy_lo) & (bv0 <= cy_hi):
-            t = ctri_ptr + tbase + c * 9 * C + j
-            u0 = tl.load(t + 0 * C)[None, :]
-            v0 = tl.load(t + 1 * C)[None, :]
-            z0 = tl.load(t + 2 * C)[None, :]
-            u1 = tl.load(t + 3 * C)[None, :]
-            v1 = tl.load(t + 4 * C)[None, :]
-            z1 = tl.load(t + 5 * C)[None, :]
-            u2 = tl.load(t + 6 * C)[None, :]
-            v2 = tl.load(t + 7 * C)[None, :]
-            z2 = tl.load(t + 8 * C)[None, :]
-            fid = tl.load(cface_ptr + c * C + j)[None, :]
+            u0, v0, z0, u1, v1, z1, u2, v2, z2, fid = _cluster_rows(ctri_ptr, cface_ptr, tbase, c, j, C)
             inside, w0, w1, w2, inv_depth = _raster_eval(cx[:, None], cy[:, None], u0, v0, z0, u1, v1, z1,
                                                          u2, v2, z2)
             depth = tl.where(inside, _div(tl.full(inv_depth.shape, 1.0, dty), inv_depth), INF)

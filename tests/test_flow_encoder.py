@@ -165,3 +165,40 @@ def test_auto_default_picks_cpp_on_the_ict_head():
     flow = ops.flow_encode(vt, v0[None], faces, cam)
     assert flow.shape == (1, 60, 64, 64) and flow.dtype == torch.float32
     assert torch.equal(flow, ops.flow_encode(vt, v0[None], faces, cam, backend="cpp"))
+
+
+# --------------------------------------------------------------------------- capture-safe per-call path
+
+def _profile(fn):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = prof.events()
+    allocs = [e.cpu_memory_usage for e in events if e.name == "[memory]" and e.cpu_memory_usage > 0]
+    reads = [e.name for e in events if e.name in ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero")]
+    return allocs, reads
+
+
+@pytest.mark.skipif(not HAVE_CPP, reason="cpp backend not built")
+@pytest.mark.parametrize("near,far", [(None, None), (0.3, 0.9)])
+def test_unchecked_call_with_out_allocates_and_reads_back_nothing(near, far):
+    """The path a CUDA graph captures (validate=False, out=): no allocation, no value read back to
+    the host (each .item()/bool() would be a device sync), no host->device copy of near/far."""
+    vt, vs, faces, cam = blob_scene(40, size=(12, 16), batch=2)
+    enc = ops.FlowEncoder(faces, backend="cpp", n_samples=3, validate=False)
+    out = torch.empty(2, 9, 12, 16)
+    enc(vt, vs, cam, near=near, far=far, out=out)           # first call: BVH and buffers
+    want = out.clone()
+    allocs, reads = _profile(lambda: enc(vt, vs, cam, near=near, far=far, out=out))
+    assert allocs == [] and reads == []
+    assert torch.equal(out, want)
+    # The checked call does read values (that is what the checks are); the profile would see it.
+    checked = ops.FlowEncoder(faces, backend="cpp", n_samples=3)
+    checked(vt, vs, cam, near=near, far=far, out=out)
+    assert _profile(lambda: checked(vt, vs, cam, near=near, far=far, out=out))[1]
+
+
+def test_capture_needs_cuda():
+    vt, vs, faces, cam = _scene()
+    with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
+        ops.FlowEncoder(faces, n_samples=2).capture(vt, vs, cam)

@@ -7,7 +7,7 @@ import torch
 
 from fgp_fast import ops
 from fgp_fast.camera import Camera
-from fgp_fast.ops import native, testing
+from fgp_fast.ops import native, reference, testing
 from fgp_fast.ops.geometry import closest_point_barycentric
 
 from meshes import deform, random_blob, random_camera
@@ -112,8 +112,11 @@ def test_closest_points_match_warp():
     w = closest_point_barycentric(pts.double(), tri[:, 0], tri[:, 1], tri[:, 2])
     q = (w[:, :, None] * tri).sum(1)
     p = pts.double()
-    assert ((p - q).norm(dim=1) - (p - q_warp).norm(dim=1)).abs().max() < 1e-6
-    assert ((q - q_warp).norm(dim=1) > 1e-5).float().mean() < 0.005
+    # The tie rule may pick a face up to its bound farther than the nearest (warp's).
+    d, d_warp = (p - q).norm(dim=1), (p - q_warp).norm(dim=1)
+    assert (d - d_warp).min() > -1e-6
+    assert (d - (d_warp * (1 + reference.TIE_REL) + reference.TIE_ABS)).max() < 1e-6
+    assert ((q - q_warp).norm(dim=1) > 1e-5).float().mean() < 0.15   # other faces of the tie window
 
 
 # --------------------------------------------------------------------------- BVH properties

@@ -6,6 +6,7 @@ import torch
 from fgp_fast import ops
 from fgp_fast.camera import Camera
 from fgp_fast.ops.geometry import closest_point_barycentric
+from fgp_fast.ops import reference
 from fgp_fast.ops.reference import nearest_faces, nearest_faces_brute_force
 
 from meshes import deform, random_blob, random_camera, random_rotation
@@ -85,11 +86,14 @@ def test_closest_points_match_warp():
     tri = v[f][face]
     w = closest_point_barycentric(pts, tri[:, 0], tri[:, 1], tri[:, 2])
     q_ref = (w[:, :, None] * tri).sum(1)
-    assert (d2.sqrt() - (pts - q_warp).norm(dim=1)).abs().max() < 1e-6
-    # The closest point is unique except near the medial axis, where two parts of the surface are
-    # equally near and float32 rounding decides; there only the distance has to agree.
+    d_warp = (pts - q_warp).norm(dim=1)
+    assert (d2.sqrt() - d_warp).abs().max() < 1e-6          # d2 is the distance to the mesh
+    # The chosen face is the lowest index within the tie bound (docs/tie_rule.md), not always
+    # warp's: its distance is within the bound, and on most points it is the same closest point.
+    d_face = (pts - q_ref).norm(dim=1)
+    assert (d_face - (d_warp * (1 + reference.TIE_REL) + reference.TIE_ABS)).max() < 1e-9
     differ = (q_ref - q_warp).norm(dim=1) > 1e-6
-    assert differ.float().mean() < 0.005
+    assert differ.float().mean() < 0.15
 
 
 # --------------------------------------------------------------------------- rasterisation

@@ -194,11 +194,17 @@ def test_warp_offhead_blend_translation(head, scene):
     disp = pixel_disp(res.grid, SIZE, SIZE)[0]               # (H, W, 2)
     head_dx = disp[..., 0][res.mask[0, 0]]
     assert head_dx.mean() < -4 and head_dx.std() < 0.1 * head_dx.abs().mean()
+    # Background next to the head moves like the head's edge (the edge is farther from the camera
+    # than the face, so it moves a little less than the head's mean).
     dist = distance_to_mask(res.mask[:, 0])[0]
+    inward = distance_to_mask(~res.mask[:, 0])[0]
+    edge_dx = disp[..., 0][res.mask[0, 0] & (inward <= 1.5)].mean()
     near = (dist > 0) & (dist <= 1.5)
-    assert (disp[..., 0][near] < 0.9 * head_dx.mean()).float().mean() > 0.95
-    far = dist >= 20
-    assert far.sum() > 1000 and disp[far].abs().max() < 1e-5
+    assert (disp[..., 0][near] < 0.85 * edge_dx).float().mean() > 0.95
+    # Background farther than the falloff from the head in both views stays exactly where it is.
+    src_mask = rasterize(verts, head.faces, cam).mask
+    far = (dist >= 20) & (distance_to_mask(src_mask)[0] >= 20)
+    assert far.sum() > 600 and disp[far].abs().max() < 1e-5
     assert torch.allclose(res.image[0][:, far], src[0][:, far], atol=1e-5)
     # Displacement changes smoothly across the silhouette (no seam): neighbours differ by < 1 px.
     assert (disp[1:] - disp[:-1]).abs().max() < 1.0 and (disp[:, 1:] - disp[:, :-1]).abs().max() < 1.0

@@ -51,6 +51,7 @@ def _interpreter_env(monkeypatch):
 
 
 from fgp_fast import ops  # noqa: E402
+from fgp_fast.camera import Camera  # noqa: E402
 from fgp_fast.errors import InputError  # noqa: E402
 from fgp_fast.ops import testing  # noqa: E402
 from fgp_fast.ops.scenes import blob_scene, deform, random_blob, random_camera  # noqa: E402
@@ -148,6 +149,18 @@ def test_bad_inputs_raise_before_launch(monkeypatch):
                                              torch.empty(1, 6, H, W, device=DEVICE, dtype=torch.int32))
 
 
+def test_singular_camera_and_huge_vertices_raise_as_on_every_backend():
+    vt, vs, faces, cam = _scene(7)
+    K = cam.K.clone()
+    K[0, 0] = 0.0
+    huge = vt.clone()
+    huge[0, 1] = 1e30
+    with pytest.raises(InputError, match="K is singular"):
+        _encode(vt, vs, faces, Camera(K, cam.world_to_cam, H, W))
+    with pytest.raises(InputError, match="must be <= 1e\\+06"):
+        ops.FlowEncoder(faces, backend="triton")(huge, vs, cam)
+
+
 def test_unavailable_devices_report_a_reason(monkeypatch):
     assert isinstance(triton_backend.unavailable_reason("meta"), str)
     if not torch.cuda.is_available():
@@ -226,7 +239,12 @@ def build(fn, types, consts, **options):
     r = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", path, "-o", path + ".cubin"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    print(fn.__name__, [l.split(":")[-1].strip() for l in r.stderr.splitlines() if "registers" in l])
+    regs = [l.split(":")[-1].strip() for l in r.stderr.splitlines() if "registers" in l]
+    spills = [l.strip() for l in r.stderr.splitlines() if "spill" in l]
+    print(fn.__name__, regs, spills)
+    for l in spills:   # "N bytes stack frame, N bytes spill stores, N bytes spill loads"
+        stores = int(l.split("bytes spill stores")[0].split(",")[-1])
+        assert stores == 0, f"{fn.__name__} spills on sm_90: {l}"
 
 f32, i32 = "*fp32", "*i32"
 build(E.flow_encode_kernel, dict(out_ptr="*fp16", psrc_ptr=f32, fid_ptr=i32, off_ptr=f32, depth_ptr=f32,
@@ -243,7 +261,8 @@ print("compiled")
 
 def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     """The interpreter accepts code the compiler rejects: compile both kernels for sm_90 (Triton's
-    bundled ptxas; no GPU needed) in a fresh process, as they are built on an H100/H200."""
+    bundled ptxas; no GPU needed) in a fresh process, as they are built on an H100/H200, and
+    check ptxas reports no register spills."""
     import triton
     if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
         pytest.skip("this triton wheel bundles no ptxas")
@@ -253,3 +272,4 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
                          timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "compiled" in res.stdout
+    print(res.stdout)   # registers and spills per kernel (-s shows them)

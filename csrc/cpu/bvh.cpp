@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cmath>
 #include <vector>
 
 namespace fgp {
@@ -206,6 +207,83 @@ void bvh_refit_cpu(const float* verts, const int* faces, const int* topo, const 
     nodes[2 * n] = BVHNode{lo[0], lo[1], lo[2], li};
     nodes[2 * n + 1] = BVHNode{hi[0], hi[1], hi[2], ui};
   }
+}
+
+const char* bvh_check_topology(const int* left, const int* right, const int* parent, int64_t stride, int64_t M,
+                               int64_t F) {
+  if (M < 1) return "the tree has no nodes";
+  std::vector<int> parents(M, 0), depth(M, 0);
+  std::vector<int64_t> cover(F + 1, 0);
+  int64_t leaf_tris = 0;
+  for (int64_t k = 0; k < M; ++k) {
+    const int l = left[k * stride], r = right[k * stride];
+    if (l < 0) {
+      const int64_t start = ~static_cast<int64_t>(l);
+      if (!(start < r && r <= F)) return "a leaf's triangle range is empty or outside [0, F)";
+      cover[start] += 1;
+      cover[r] -= 1;
+      leaf_tris += r - start;
+      continue;
+    }
+    if (!(l > k && r > k && l < M && r < M)) return "a child index is not after its parent or is out of range";
+    if (l == r) return "a node has the same child twice";
+    for (int c : {l, r}) {
+      if (++parents[c] > 1) return "a node has more than one parent";
+      depth[c] = depth[k] + 1;  // parents come first, so depth[k] is final
+      if (depth[c] >= kBVHMaxDepth) return "the tree is deeper than the traversal stack allows";
+      if (parent != nullptr && parent[c * stride] != k) return "a parent link does not match the child links";
+    }
+  }
+  for (int64_t k = 1; k < M; ++k)
+    if (parents[k] != 1) return "a node is unreachable from the root";
+  if (parent != nullptr && parent[0] != -1) return "the root has a parent link";
+  if (leaf_tris != F) return "the leaves do not cover every triangle exactly once";
+  int64_t run = 0;
+  for (int64_t k = 0; k < F; ++k)
+    if ((run += cover[k]) != 1) return "the leaves do not cover every triangle exactly once";
+  return nullptr;
+}
+
+const char* bvh_check_nodes(const BVHNode* nodes, int64_t M, const float* tris, int64_t F, const float* verts,
+                            const int* faces) {
+  const int* links = reinterpret_cast<const int*>(nodes);  // node k: 8 words, links at words 3 and 7
+  if (const char* err = bvh_check_topology(links + 3, links + 7, nullptr, 8, M, F)) return err;
+  std::vector<char> seen(F, 0);
+  for (int64_t k = 0; k < F; ++k) {
+    const float* t = tris + k * kTriStride;
+    const int64_t f = static_cast<int64_t>(float_bits(t[3]));
+    if (!(f >= 0 && f < F) || seen[f]++) return "the triangles are not a permutation of the faces";
+    if (verts == nullptr) continue;
+    for (int j = 0; j < 3; ++j)
+      for (int a = 0; a < 3; ++a)
+        if (!(t[4 * j + a] == verts[3 * static_cast<int64_t>(faces[3 * f + j]) + a]))
+          return "the triangles differ from verts[faces] (refit the BVH to these vertices)";
+  }
+  auto inside = [](const BVHNode& lo, const BVHNode& hi, const float* p) {
+    return lo.x <= p[0] && p[0] <= hi.x && lo.y <= p[1] && p[1] <= hi.y && lo.z <= p[2] && p[2] <= hi.z;
+  };
+  for (int64_t k = 0; k < M; ++k) {
+    const BVHNode& lo = nodes[2 * k];
+    const BVHNode& hi = nodes[2 * k + 1];
+    for (float x : {lo.x, lo.y, lo.z, hi.x, hi.y, hi.z})
+      if (!std::isfinite(x)) return "a box is not finite";
+  }
+  for (int64_t k = 0; k < M; ++k) {
+    const BVHNode& lo = nodes[2 * k];
+    const BVHNode& hi = nodes[2 * k + 1];
+    if (lo.i < 0) {
+      for (int64_t t = ~static_cast<int64_t>(lo.i); t < hi.i; ++t)
+        for (int j = 0; j < 3; ++j)
+          if (!inside(lo, hi, tris + t * kTriStride + 4 * j)) return "a leaf box does not hold its triangles";
+    } else {
+      for (int c : {lo.i, hi.i}) {
+        const float clo[3] = {nodes[2 * c].x, nodes[2 * c].y, nodes[2 * c].z};
+        const float chi[3] = {nodes[2 * c + 1].x, nodes[2 * c + 1].y, nodes[2 * c + 1].z};
+        if (!inside(lo, hi, clo) || !inside(lo, hi, chi)) return "a box does not hold its children's boxes";
+      }
+    }
+  }
+  return nullptr;
 }
 
 }  // namespace fgp

@@ -102,7 +102,7 @@ void surface_field(const float* points, int64_t B, int64_t P, const float* vt, c
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t i = b * P + p;
       const Vec3 q = Vec3{points[3 * i], points[3 * i + 1], points[3 * i + 2]};
-      Hit hit{kNoFace, -1, INFINITY};
+      Hit hit = no_hit();
       if (prev >= 0) offer_face(vtb, faces, prev, q, hit);
       bvh_nearest(nodes + b * M * 2, tris + b * F * kTriStride, q, hit);
       Field fd{Vec3{NAN, NAN, NAN}, Vec3{NAN, NAN, NAN}, NAN};

@@ -37,39 +37,6 @@ std::tuple<at::Tensor, at::Tensor> bvh_build_cpu(const at::Tensor& verts, const 
   return {t, prim};
 }
 
-void check_refit(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& topo, const at::Tensor& prim,
-                 const at::Tensor& nodes, const at::Tensor& tris, const at::Tensor& scratch, bool validate) {
-  const at::Device dev = verts.defined() ? verts.device() : at::Device(at::kCPU);
-  auto [B, V] = check_verts(verts, "verts", dev, validate);
-  const int64_t F = check_faces(faces, V, dev, validate);
-  TORCH_CHECK(topo.defined() && topo.dim() == 2 && topo.size(1) == 4 && topo.size(0) >= 1 &&
-                  topo.size(0) < 2 * F,
-              "fgp: topo must have shape (M, 4) with 1 <= M < 2F");
-  check_tensor(topo, "topo", at::kInt, dev);
-  TORCH_CHECK(prim.defined() && prim.dim() == 1 && prim.size(0) == F, "fgp: prim must have shape (F=", F, ",)");
-  check_tensor(prim, "prim", at::kInt, dev);
-  const int64_t M = topo.size(0);
-  TORCH_CHECK(nodes.defined() && nodes.dim() == 3 && nodes.size(0) == B && nodes.size(1) == M && nodes.size(2) == 8,
-              "fgp: nodes must have shape (B=", B, ", M=", M, ", 8)");
-  check_tensor(nodes, "nodes", at::kFloat, dev);
-  TORCH_CHECK(tris.defined() && tris.dim() == 3 && tris.size(0) == B && tris.size(1) == F && tris.size(2) == 12,
-              "fgp: tris must have shape (B=", B, ", F=", F, ", 12)");
-  check_tensor(tris, "tris", at::kFloat, dev);
-  TORCH_CHECK(scratch.defined() && scratch.dim() == 2 && scratch.size(0) == B && scratch.size(1) == M,
-              "fgp: scratch must have shape (B=", B, ", M=", M, ")");
-  check_tensor(scratch, "scratch", at::kInt, dev);
-  if (validate) {
-    auto li = topo.select(1, 0), ui = topo.select(1, 1), parent = topo.select(1, 2);
-    auto idx = at::arange(M, topo.options());
-    auto leaf = li < 0;
-    auto inner_ok = (li > idx) & (li < M) & (ui > idx) & (ui < M);
-    auto leaf_ok = (at::bitwise_not(li) >= 0) & (at::bitwise_not(li) < ui) & (ui <= F);
-    auto parent_ok = (parent < idx) & (parent >= -1);
-    TORCH_CHECK((at::where(leaf, leaf_ok, inner_ok) & parent_ok).all().item<bool>(), "fgp: topo is corrupt");
-    TORCH_CHECK(((prim >= 0) & (prim < F)).all().item<bool>(), "fgp: prim holds face ids out of range");
-  }
-}
-
 void bvh_refit_cpu_op(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& topo, const at::Tensor& prim,
                       const at::Tensor& nodes, const at::Tensor& tris, const at::Tensor& scratch, bool validate) {
   check_refit(verts, faces, topo, prim, nodes, tris, scratch, validate);
@@ -103,17 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize_cpu(const a
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> surface_field_cpu(
     const at::Tensor& points, const at::Tensor& vt, const at::Tensor& vs, const at::Tensor& faces,
     const at::Tensor& nodes, const at::Tensor& tris, bool validate) {
-  TORCH_CHECK(vt.defined(), "fgp: verts_tgt is undefined");
-  const at::Device dev = vt.device();
-  auto [B, V] = check_verts(vt, "verts_tgt", dev, validate);
-  check_verts(vs, "verts_src", dev, validate);
-  TORCH_CHECK(vs.sizes() == vt.sizes(), "fgp: verts_src and verts_tgt differ in shape");
-  TORCH_CHECK(points.defined() && points.dim() == 3 && points.size(0) == B && points.size(2) == 3,
-              "fgp: points must have shape (B=", B, ", P, 3)");
-  check_tensor(points, "points", at::kFloat, dev);
-  if (validate) check_finite(points, "points");
-  const int64_t F = check_faces(faces, V, dev, validate);
-  const int64_t M = check_bvh(nodes, tris, B, F, dev, validate);
+  const auto [B, V, F, M] = check_surface_field(points, vt, vs, faces, nodes, tris, validate);
   const int64_t P = points.size(1);
   auto fopt = vt.options();
   at::Tensor p_src = at::empty({B, P, 3}, fopt), face = at::empty({B, P}, fopt.dtype(at::kLong)),

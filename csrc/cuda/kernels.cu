@@ -144,7 +144,7 @@ __global__ void surface_field_kernel(const float* __restrict__ points, int64_t P
   if (p >= P) return;
   const int64_t i = b * P + p;
   const Vec3 q = Vec3{points[3 * i], points[3 * i + 1], points[3 * i + 2]};
-  Hit hit{kNoFace, -1, INFINITY};
+  Hit hit = no_hit();
   bvh_nearest(reinterpret_cast<const BVHNode*>(nodes + b * M * 8), tris + b * F * kTriStride, q, hit);
   Field fd{Vec3{NAN, NAN, NAN}, Vec3{NAN, NAN, NAN}, NAN};
   const bool ok = hit.face >= 0 && hit.face < F;

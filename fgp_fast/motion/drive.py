@@ -49,6 +49,11 @@ class Motion:
         pose = base.pose.clone()
         pose[:, NECK] = torch.from_numpy(np.asarray(self.rotation[index:index + 1], np.float32)).to(pose)
         expression = torch.from_numpy(np.asarray(self.expression[index:index + 1], np.float32)).to(pose)
+        names = base.expression_names or ()
+        if "eyeBlink_L" in names and "eyeBlink_R" in names:  # a blink closes the lids whatever else is set
+            from ..render.eyes import close_lids
+
+            expression = close_lids(expression, names)
         return base.replace(expression=expression, pose=pose)
 
 

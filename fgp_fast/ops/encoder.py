@@ -4,7 +4,7 @@ It validates through the same ``check_flow_call`` and resolves near/far through 
 ``resolve_near_far`` as ``ops.flow_encode``, so both accept and reject exactly the same inputs and
 give the same dtype; what it adds is state kept across frames: a private, validated copy of the
 faces, the backend's per-topology structures (a BVH refit in place, cluster hierarchy) and scratch
-buffers, and ``out=``.
+buffers, and ``out=``, and ``capture`` (a CUDA graph of one call, replayed per frame).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..camera import Camera
+from ..errors import BackendUnavailableError
 from .backends import get_backend
 from .checks import check_flow_args, check_flow_call, resolve_near_far
 from .topology import Topology
@@ -43,16 +44,18 @@ class FlowEncoder:
     shape) the flow is written there; the cpp and cuda backends then allocate nothing.
 
     ``validate=False`` skips the checks that read tensor values (NaN/Inf, magnitudes, a singular
-    camera, the mesh in front of the camera), each a GPU sync: for CUDA-graph capture, or once the
-    inputs are known good. Shapes, dtypes and devices are always checked. Calls on one encoder are
-    serialised by a lock (it reuses its buffers); use one encoder per thread for parallelism.
+    camera, the mesh in front of the camera), each a GPU sync, once the inputs are known good; the
+    call then reads nothing back and copies nothing from the host (near/far numbers are written
+    by ``fill_``). Shapes, dtypes and devices are always checked. ``capture`` records such a call
+    as a CUDA graph. Calls on one encoder are serialised by a lock (it reuses its buffers); use one
+    encoder per thread for parallelism.
     """
 
     def __init__(self, faces: Tensor, backend: str = "auto", n_samples: int = 20, delta: float = 0.01,
                  sampling: str = "depth", dtype: torch.dtype | None = None, validate: bool = True):
         self.n_samples, self.delta = check_flow_args(n_samples, delta, None, None, sampling, dtype)
         self.sampling, self.dtype, self.validate = sampling, dtype, bool(validate)
-        self.topology = Topology(faces)
+        self.topology = faces if isinstance(faces, Topology) else Topology(faces)
         self._backend = get_backend(backend, self.topology.device, "flow_encode")
         make = self._backend.encoder or (lambda *a: _ViaFlowEncode(self._backend, *a))
         self._impl = make(self.topology, self.n_samples, self.delta, sampling)
@@ -81,13 +84,57 @@ class FlowEncoder:
 
     encode = __call__
 
-    def _encode(self, verts_tgt, verts_src, camera, near, far, out):
+    def _encode(self, verts_tgt, verts_src, camera, near, far, out, data: bool | None = None):
+        data = self.validate if data is None else data
         _, _, dtype = check_flow_call(verts_tgt, verts_src, self.topology, camera, self.n_samples, self.delta,
-                                      near, far, self.sampling, self.dtype, out, data=self.validate)
+                                      near, far, self.sampling, self.dtype, out, data=data)
         B, V, dt = verts_tgt.shape[0], verts_tgt.shape[1], verts_tgt.dtype
         near_t, far_t = resolve_near_far(verts_tgt, camera, near, far,
                                          out=(self._buffer("near", (B,), dt), self._buffer("far", (B,), dt)),
-                                         scratch=self._buffer("z", (B, V, 1), dt), data=self.validate)
+                                         scratch=self._buffer("z", (B, V, 1), dt), data=data)
         if out is None:
             out = torch.empty((B, 3 * self.n_samples, camera.height, camera.width), dtype=dtype, device=self.device)
         return self._impl.encode(verts_tgt, verts_src, camera, near_t, far_t, out)
+
+    def capture(self, verts_tgt: Tensor, verts_src: Tensor, camera: Camera, near: float | None = None,
+                far: float | None = None, out: Tensor | None = None, warmup: int = 2) -> "CapturedFlow":
+        """Record one encode of these tensors as a CUDA graph; ``replay()`` re-runs it.
+
+        Update ``verts_tgt``, ``verts_src`` and the camera's ``K``/``world_to_cam`` in place between
+        replays (``near``/``far`` numbers are baked in). The inputs are validated once, here (with
+        the data checks); then ``warmup`` unchecked calls run on a side stream (cuBLAS handles and
+        workspaces, Triton autotuning and other lazy set-up happen there, not in the capture), and
+        one unchecked call, which syncs and copies nothing from the host, is captured. The graph
+        owns its own encoder state (buffers, BVH), so later eager calls cannot disturb it.
+        """
+        if self.device.type != "cuda":
+            raise BackendUnavailableError(f"CUDA graphs need a CUDA device; this encoder runs on {self.device}")
+        twin = FlowEncoder(self.topology, self.backend, self.n_samples, self.delta, self.sampling, self.dtype,
+                           validate=False)
+        with torch.cuda.device(self.device):
+            out = twin._encode(verts_tgt, verts_src, camera, near, far, out, data=True)
+            main = torch.cuda.current_stream()
+            side = torch.cuda.Stream()
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    twin._encode(verts_tgt, verts_src, camera, near, far, out, data=False)
+            main.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                twin._encode(verts_tgt, verts_src, camera, near, far, out, data=False)
+        return CapturedFlow(graph, out, twin, (verts_tgt, verts_src, camera))
+
+
+class CapturedFlow:
+    """A CUDA graph of one ``FlowEncoder`` call: ``replay()`` writes the flow of the captured
+    tensors' current values into ``out`` and returns it. Holds everything the graph reads."""
+
+    def __init__(self, graph, out: Tensor, encoder: FlowEncoder, inputs: tuple):
+        self.graph, self.out, self._encoder, self._inputs = graph, out, encoder, inputs
+
+    def replay(self) -> Tensor:
+        self.graph.replay()
+        return self.out
+
+    __call__ = replay

@@ -1,7 +1,7 @@
 """Native backends "cpp" (C++/OpenMP, ``fgp_fast._C``) and "cuda" (``fgp_fast._C_cuda``).
 
 The kernels are torch custom ops in the ``fgp`` namespace (``torch.ops.fgp.*``, see
-csrc/cpu/ops.cpp) with fake kernels registered here, so ``torch.compile`` and CUDA graphs can
+csrc/cpu/ops.cpp) with fake kernels in ``native_meta.py``, so ``torch.compile`` and CUDA graphs can
 capture them. ``MeshBVH`` owns the BVH of one topology (built once on the CPU, refit per frame on
 the mesh's device); ``NativeEncoder`` (the state behind ``ops.FlowEncoder`` on these backends)
 owns a BVH plus every scratch buffer, so a per-frame call allocates nothing beyond its output.
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..camera import Camera
+from . import native_meta
 from .backends import register_backend
 from .checks import check_points, check_verts
 from .flow_aux import build_aux, sample_points
@@ -85,40 +86,8 @@ def _require_cpp() -> None:
         raise BackendUnavailableError(f"the native fgp extension is not available: {_C_ERROR}")
 
 
-# ---------------------------------------------------------------------------------------------
-# fake kernels (shapes only) for torch.compile / meta tensors
-
 if _C is not None:
-    @torch.library.register_fake("fgp::bvh_build")
-    def _bvh_build_fake(verts, faces, leaf_size=4):
-        M = torch.library.get_ctx().new_dynamic_size()
-        return faces.new_empty((M, 4), dtype=torch.int32), faces.new_empty((faces.shape[0],), dtype=torch.int32)
-
-    @torch.library.register_fake("fgp::bvh_refit")
-    def _bvh_refit_fake(verts, faces, topo, prim, nodes, tris, scratch, validate=True):
-        return None
-
-    @torch.library.register_fake("fgp::rasterize")
-    def _rasterize_fake(verts, faces, K, world_to_cam, height, width, validate=True):
-        B = verts.shape[0]
-        return (verts.new_empty((B, height, width)), verts.new_empty((B, height, width), dtype=torch.int64),
-                verts.new_empty((B, height, width, 3)), verts.new_empty((B, height, width), dtype=torch.bool))
-
-    @torch.library.register_fake("fgp::surface_field")
-    def _surface_field_fake(points, verts_tgt, verts_src, faces, nodes, tris, validate=True):
-        B, P = points.shape[0], points.shape[1]
-        return (points.new_empty((B, P, 3)), points.new_empty((B, P), dtype=torch.int64),
-                points.new_empty((B, P, 3)), points.new_empty((B, P)))
-
-    @torch.library.register_fake("fgp::flow_encode_out")
-    def _flow_encode_out_fake(verts_tgt, verts_src, faces, K, world_to_cam, near, far, nodes, tris, n_samples,
-                              delta, uniform, zbuf, out, validate=True):
-        return None
-
-    @torch.library.register_fake("fgp::flow_encode")
-    def _flow_encode_fake(verts_tgt, verts_src, faces, K, world_to_cam, near, far, nodes, tris, height, width,
-                          n_samples, delta, uniform, dtype, validate=True):
-        return verts_tgt.new_empty((verts_tgt.shape[0], 3 * n_samples, height, width), dtype=dtype)
+    native_meta.register()   # fake kernels for torch.compile / meta tensors, checking like the real ones
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,13 +139,34 @@ QUERY_CHUNK = 4096    # points per culling step
 PAIR_CHUNK = 8192     # (point, cluster) pairs evaluated at once
 UPPER_BOUND_CLUSTERS = 8  # clusters searched first to get a tight distance bound
 
+# The tie rule (docs/tie_rule.md): every triangle whose distance d is within
+# eps(d_min) = TIE_ABS + TIE_REL * d_min of the minimum counts as tied, and the lowest face index
+# wins. eps is ~500x the float32 rounding of a point-triangle distance (<= 9u|x| + 3u d, u = 2^-24,
+# |x| the coordinate magnitude) for coordinates within +-2 m, so exact ties (a vertex or edge
+# shared by several triangles) are tied in every backend and dtype. Both are powers of two, so
+# every backend computes the same bound from the same d_min.
+TIE_ABS = 2.0 ** -17  # metres (7.6 um)
+TIE_REL = 2.0 ** -14
+
+
+def tie_bound2(best_d2: Tensor) -> Tensor:
+    """Squared tie bound (d_min * (1 + TIE_REL) + TIE_ABS)^2 from d_min^2, in best_d2's dtype.
+
+    The operations (sqrt, multiply, add, square; no fused multiply-add) are the ones every fused
+    backend performs, so in float32 they all get the same bound bit for bit.
+    """
+    t = best_d2.sqrt() * (1 + TIE_REL) + TIE_ABS
+    return t * t
+
 
 def nearest_faces(points: Tensor, tri: Tensor) -> tuple[Tensor, Tensor]:
-    """Exact nearest triangle for each point: (face index (P,), squared distance (P,)).
+    """Nearest triangle for each point under the tie rule: (face index (P,), squared distance to the
+    mesh (P,), i.e. the minimum, which the chosen face is within the tie bound of).
 
-    Ties go to the lowest face index. Faces are grouped into spatial clusters whose boxes give
-    distance lower bounds; a cluster is searched only if its bound can beat the best distance
-    found so far, so the answer equals a brute-force search.
+    The answer is the lowest face index among the triangles whose squared distance is
+    <= tie_bound2(minimum squared distance). Faces are grouped into spatial clusters whose boxes
+    give distance lower bounds; a cluster is searched only if its bound can reach the tie bound of
+    the best distance found so far, so the answer equals a brute-force search.
     """
     F, dev = tri.shape[0], tri.device
     order = morton_order(tri.mean(1))
@@ -164,42 +185,45 @@ def nearest_faces(points: Tensor, tri: Tensor) -> tuple[Tensor, Tensor]:
         k = min(UPPER_BOUND_CLUSTERS, lower.shape[1])
         first = lower.topk(k, dim=1, largest=False).indices.reshape(-1)
         p_rep = p[:, None].expand(-1, k, -1).reshape(-1, 3)
-        upper = _cluster_min(p_rep, cl_tri[first], cl_faces[first])[0].view(-1, k).amin(1)
-        # Small relative slack keeps rounding in the bounds from dropping the true nearest cluster.
-        qi, ci = (lower <= upper[:, None] * (1 + 1e-4) + 1e-12).nonzero(as_tuple=True)
-        best_d2 = torch.full((p.shape[0],), float("inf"), dtype=tri.dtype, device=dev)
-        pair_d2, pair_face = [], []
-        for k in range(0, qi.numel(), PAIR_CHUNK):
-            q_k, c_k = qi[k:k + PAIR_CHUNK], ci[k:k + PAIR_CHUNK]
-            d2, face = _cluster_min(p[q_k], cl_tri[c_k], cl_faces[c_k])
-            pair_d2.append(d2)
-            pair_face.append(face)
-        d2, face = torch.cat(pair_d2), torch.cat(pair_face)
-        best_d2.scatter_reduce_(0, qi, d2, "amin")
-        tie = d2 == best_d2[qi]
-        best_face = torch.full((p.shape[0],), F, dtype=torch.long, device=dev)
-        best_face.scatter_reduce_(0, qi[tie], face[tie], "amin")
-        out_face[s:s + QUERY_CHUNK] = best_face
-        out_d2[s:s + QUERY_CHUNK] = best_d2
+        upper = _cluster_d2(p_rep, cl_tri[first]).amin(1).view(-1, k).amin(1)
+        # Small relative slack keeps rounding in the bounds from dropping a tied cluster.
+        qi, ci = (lower <= tie_bound2(upper)[:, None] * (1 + 1e-4) + 1e-12).nonzero(as_tuple=True)
+        face, d2 = _window_min(p, qi, cl_tri[ci], cl_faces[ci], F)
+        out_face[s:s + QUERY_CHUNK] = face
+        out_d2[s:s + QUERY_CHUNK] = d2
     return out_face, out_d2
 
 
-def _cluster_min(p: Tensor, tri: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
-    """Min squared distance from p (Q, 3) to each row's C triangles (Q, C, 3, 3), lowest face on ties."""
-    d2 = point_triangle_dist2(p[:, None], tri[:, :, 0], tri[:, :, 1], tri[:, :, 2])   # (Q, C)
-    best = d2.amin(1)
+def _cluster_d2(p: Tensor, tri: Tensor) -> Tensor:
+    """Squared distances (Q, C) from p (Q, 3) to each row's C triangles (Q, C, 3, 3)."""
+    return point_triangle_dist2(p[:, None], tri[:, :, 0], tri[:, :, 1], tri[:, :, 2])
+
+
+def _window_min(p: Tensor, qi: Tensor, tri: Tensor, faces: Tensor, F: int) -> tuple[Tensor, Tensor]:
+    """The tie rule over (point qi[k], triangles tri[k] (C, 3, 3) with ids faces[k]) pairs: per point
+    of p, the lowest face within tie_bound2 of its minimum, and that minimum."""
+    Q, dev = p.shape[0], p.device
+    d2 = torch.cat([_cluster_d2(p[qi[k:k + PAIR_CHUNK]], tri[k:k + PAIR_CHUNK])
+                    for k in range(0, qi.numel(), PAIR_CHUNK)]) if qi.numel() else p.new_empty(0, faces.shape[1])
+    best = torch.full((Q,), float("inf"), dtype=p.dtype, device=dev).scatter_reduce(0, qi, d2.amin(1), "amin")
+    inside = d2 <= tie_bound2(best)[qi][:, None]
     big = torch.iinfo(torch.long).max
-    face = torch.where(d2 == best[:, None], faces, torch.full_like(faces, big)).amin(1)
-    return best, face
+    pair_face = torch.where(inside, faces, torch.full_like(faces, big)).amin(1)
+    face = torch.full((Q,), big, dtype=torch.long, device=dev).scatter_reduce(0, qi, pair_face, "amin")
+    return face.clamp(max=F), best
 
 
 def nearest_faces_brute_force(points: Tensor, tri: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
     """The same answer as ``nearest_faces`` by testing every triangle (for tests; slow)."""
-    faces_idx = torch.arange(tri.shape[0], device=tri.device)
-    out = [_cluster_min(points[s:s + chunk], tri[None].expand(points[s:s + chunk].shape[0], -1, -1, -1),
-                        faces_idx[None].expand(points[s:s + chunk].shape[0], -1))
-           for s in range(0, points.shape[0], chunk)]
-    return torch.cat([o[1] for o in out]), torch.cat([o[0] for o in out])
+    F = tri.shape[0]
+    faces_idx = torch.arange(F, device=tri.device)
+    out = []
+    for s in range(0, points.shape[0], chunk):
+        p = points[s:s + chunk]
+        qi = torch.arange(p.shape[0], device=p.device)
+        out.append(_window_min(p, qi, tri[None].expand(p.shape[0], -1, -1, -1),
+                               faces_idx[None].expand(p.shape[0], -1), F))
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
 def surface_field(points: Tensor, verts_tgt: Tensor, verts_src: Tensor, faces: Tensor) -> SurfaceField:

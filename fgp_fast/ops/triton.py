@@ -220,7 +220,7 @@ def _rasterize(verts: Tensor, faces: Tensor, cam: Camera, topo: clusters.Cluster
 
 def triton_rasterize(verts: Tensor, faces: Tensor, camera: Camera) -> Raster:
     """The registry's ``rasterize`` (inputs validated by ``fgp_fast.ops.rasterize``)."""
-    cam = camera.to(dtype=verts.dtype)
+    cam = _cam_as(camera, verts.dtype)
     topo = clusters.cached_topology(faces, verts.detach())
     depth, face, bary = _rasterize(verts.detach(), faces, cam, topo, True)
     return Raster(depth, face.long(), bary, face >= 0)
@@ -235,7 +235,7 @@ def _run(verts_tgt, verts_src, faces, camera: Camera, near, far, n_samples, delt
     B, H, W, N = verts_tgt.shape[0], camera.height, camera.width, n_samples
     dev, dt = verts_tgt.device, verts_tgt.dtype
     vt, vs = verts_tgt.detach(), verts_src.detach()
-    cam = camera.to(dtype=dt)
+    cam = _cam_as(camera, dt)
     K, _ = cam.expand(B)
     # inv_ex: no singularity check (K was validated), so no device sync.
     kinv = torch.linalg.inv_ex(K)[0].to(torch.float32).reshape(B, 9).contiguous()
@@ -305,10 +305,15 @@ def _check_op(verts_tgt, verts_src, faces, K, world_to_cam, near, far, height, w
 
 
 def _unchecked_camera(K, world_to_cam, height, width) -> Camera:
-    """A Camera without the constructor's value checks (they read the device)."""
+    """A Camera without the constructor's value checks (they read the device, which a CUDA graph
+    capture forbids); for cameras validated already."""
     cam = Camera.__new__(Camera)
     cam.K, cam.world_to_cam, cam.height, cam.width = K, world_to_cam, height, width
     return cam
+
+
+def _cam_as(camera: Camera, dtype: torch.dtype) -> Camera:
+    return _unchecked_camera(camera.K.to(dtype), camera.world_to_cam.to(dtype), camera.height, camera.width)
 
 
 def _fake_devices(*tensors: Tensor) -> None:
@@ -376,7 +381,7 @@ def backend_flow_encode(verts_tgt, verts_src, faces, camera, n_samples, delta, n
     raster, psrc_cam, fid, off = _run(verts_tgt, verts_src, faces, camera, near, far, N, delta, uniform, out,
                                       aux=True)
     dt = verts_tgt.dtype
-    cam = camera.to(dtype=dt)
+    cam = _cam_as(camera, dt)
     points = sample_points(raster, cam, near, far, N, delta, sampling)
     p_src = cam.camera_to_world(psrc_cam.to(dt).reshape(B, -1, 3))
     return out, build_aux(raster, points, p_src, fid, off)
@@ -394,7 +399,7 @@ class TritonEncoder:
                out: Tensor) -> Tensor:
         _require(verts_tgt.device)
         if self.clusters is None:   # ordered by the first frame's camera-frame pose, as the cached one is
-            vt_cam = camera.to(dtype=verts_tgt.dtype).world_to_camera(verts_tgt.detach())
+            vt_cam = _cam_as(camera, verts_tgt.dtype).world_to_camera(verts_tgt.detach())
             self.clusters = clusters.build(self.topology.faces, vt_cam[0].to(torch.float32))
         _run(verts_tgt, verts_src, self.topology.faces, camera, near, far, self.n_samples, self.delta, self.uniform,
              out, topo=self.clusters)

@@ -50,7 +50,9 @@ class WarpPortraitRenderer:
 
         self.warp = WarpRenderer(image, verts, self.faces, camera, backend=self.backend, **self.options)
 
-    def render(self, verts: Tensor) -> Tensor:
+    def render(self, verts: Tensor, mouth_source=None) -> Tensor:
+        """``mouth_source``: a :class:`~fgp_fast.render.mouth.MouthSource` (the driver frame) to take
+        the inner mouth from where the target opens wider than the source."""
         if self.warp is None:
             raise RuntimeError("call set_source(image, verts, camera) before render")
-        return self.warp.render(verts).image
+        return self.warp.render(verts, mouth_source=mouth_source).image

@@ -1,0 +1,229 @@
+// Cost-model driver (built and run by bench/cost_model.py): runs the CUDA flow kernel's per-pixel
+// code, fgp::flow_pixel from csrc/flow_core.h with the same arguments flow_kernel passes, on the
+// CPU, with the header's FGP_TRACE hook recording every traversal event of every lane. Lanes are
+// grouped 32 consecutive pixels of a row to a warp, as flow_kernel's 32x4 blocks launch them, and
+// each warp is replayed in lockstep: lanes meet at every sample and every loop iteration, and an
+// iteration costs, per event kind, the event's instruction count times the most events of that
+// kind any lane has in it (divergent lanes wait). Instruction counts per event come from the
+// SASS of the sm_90 build (cost_model.py --calibrate).
+//
+// Input (argv[1], binary): int32 V F M H W N, float32 near far delta, K[9], w2c[16], vt (V,3),
+// vs (V,3), faces (F,3) int32, nodes (M,8), tris (F,12), zbuf (H,W) uint64; argv[2]: costs, one
+// number per event (kTraceEvents of them) then the per-sample and per-pixel fixed costs.
+// Output: JSON on stdout.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+namespace cost_model {
+thread_local std::vector<int>* events = nullptr;
+}
+#define FGP_TRACE(event) (::cost_model::events->push_back(event))
+#include "flow_core.h"
+
+using namespace fgp;
+
+namespace {
+
+template <class T>
+void read(FILE* f, T* dst, size_t n) {
+  if (fread(dst, sizeof(T), n, f) != n) {
+    fprintf(stderr, "cost_model: input file is truncated\n");
+    exit(2);
+  }
+}
+
+struct Stats {
+  double samples = 0, nodes = 0, tris = 0, boxed = 0, seeds = 0, resolves = 0;
+  double warp_instr = 0, lane_instr = 0;  // warps whose lanes are all of this class, or mixed
+};
+
+constexpr int kWarp = 32;
+constexpr int kLoops = 2;  // traversal loop, lost-member pass
+
+// One lane's events of one sample, cut into iterations of each loop (a loop marker opens one).
+struct LaneSample {
+  std::vector<std::vector<int>> iters[kLoops];  // per loop, per iteration: count per event
+  std::vector<int> prologue = std::vector<int>(kTraceEvents, 0);
+};
+
+void split(const std::vector<int>& ev, size_t& pos, LaneSample& ls) {
+  int loop = -1;
+  for (; pos < ev.size(); ++pos) {
+    const int e = ev[pos];
+    if (e == kTraceSample) return;
+    if (e == kTraceIter || e == kTraceResolve) {
+      loop = e == kTraceIter ? 0 : 1;
+      ls.iters[loop].emplace_back(kTraceEvents, 0);
+    }
+    if (loop < 0) ls.prologue[e]++;
+    else ls.iters[loop].back()[e]++;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: cost_model INPUT COSTS\n");
+    return 2;
+  }
+  FILE* f = fopen(argv[1], "rb");
+  if (!f) {
+    perror(argv[1]);
+    return 2;
+  }
+  int dims[6];
+  read(f, dims, 6);
+  const int V = dims[0], F = dims[1], M = dims[2], H = dims[3], W = dims[4], N = dims[5];
+  float scal[3], K[9], w2c[16];
+  read(f, scal, 3);
+  read(f, K, 9);
+  read(f, w2c, 16);
+  std::vector<float> vt(3 * V), vs(3 * V), tris(size_t(F) * kTriStride);
+  std::vector<int> faces(3 * F);
+  std::vector<BVHNode> nodes(2 * size_t(M));
+  std::vector<uint64_t> zbuf(size_t(H) * W);
+  read(f, vt.data(), vt.size());
+  read(f, vs.data(), vs.size());
+  read(f, faces.data(), faces.size());
+  read(f, nodes.data(), nodes.size());
+  read(f, tris.data(), tris.size());
+  read(f, zbuf.data(), zbuf.size());
+  fclose(f);
+  double cost[kTraceEvents + 2];
+  FILE* c = fopen(argv[2], "r");
+  if (!c) {
+    perror(argv[2]);
+    return 2;
+  }
+  for (double& x : cost)
+    if (fscanf(c, "%lf", &x) != 1) {
+      fprintf(stderr, "cost_model: %s needs %d numbers\n", argv[2], kTraceEvents + 2);
+      return 2;
+    }
+  fclose(c);
+  const double c_sample = cost[kTraceEvents], c_pixel = cost[kTraceEvents + 1];
+
+  CamParams cam;
+  cam_setup(K, w2c, cam);
+  std::vector<float> out(size_t(3) * N * H * W);
+  const float near_ = scal[0], far_ = scal[1];
+  const FlowPixelArgs A = flow_args(0, nodes.data(), M, tris.data(), vt.data(), vs.data(), V, faces.data(), F,
+                                    zbuf.data(), false, &near_, &far_, scal[2], N, H, W, out.data(), kOutF32);
+  const int warps_x = (W + kWarp - 1) / kWarp;
+  // classes: 0 head, 1 background (per sample); warp cost split by the warp's mix (0 all head,
+  // 1 all background, 2 mixed)
+  Stats cls[2], mix[3];
+  double fixed_instr = 0, fixed_lane = 0;
+#pragma omp parallel
+  {
+    Stats my_cls[2], my_mix[3];
+    double my_fixed = 0, my_fixed_lane = 0;
+    std::vector<std::vector<int>> ev(kWarp);
+    std::vector<LaneSample> ls(kWarp);
+#pragma omp for schedule(dynamic, 4)
+    for (int w = 0; w < H * warps_x; ++w) {
+      const int y = w / warps_x, x0 = (w % warps_x) * kWarp;
+      bool head[kWarp];
+      int lanes = 0, heads = 0;
+      for (int l = 0; l < kWarp && x0 + l < W; ++l, ++lanes) {
+        ev[l].clear();
+        cost_model::events = &ev[l];
+        flow_pixel(A, cam, x0 + l, y, nullptr);
+        head[l] = zbuf[size_t(y) * W + x0 + l] != kEmptyKey;
+        heads += head[l];
+      }
+      const int kind = heads == lanes ? 0 : (heads == 0 ? 1 : 2);
+      my_fixed += c_pixel;
+      my_fixed_lane += c_pixel * lanes;
+      std::vector<size_t> pos(lanes, 0);
+      for (int l = 0; l < lanes; ++l) pos[l] = 1;  // past the first sample marker
+      for (int n = 0; n < N; ++n) {
+        double warp = c_sample, useful = c_sample * lanes;
+        for (int l = 0; l < lanes; ++l) {
+          ls[l] = LaneSample();
+          split(ev[l], pos[l], ls[l]);
+          ++pos[l];
+          Stats& s = my_cls[head[l] ? 0 : 1];
+          s.samples += 1;
+          s.seeds += ls[l].prologue[kTraceSeed];
+          for (int lp = 0; lp < kLoops; ++lp)
+            for (auto& it : ls[l].iters[lp]) {
+              s.nodes += it[kTraceInner] + it[kTraceLeaf] + it[kTraceResolve];
+              s.tris += it[kTraceExact];
+              s.boxed += it[kTraceTri];
+            }
+          s.resolves += !ls[l].iters[1].empty();
+        }
+        // prologue (seeds): per event, the busiest lane
+        for (int e = 0; e < kTraceEvents; ++e) {
+          int most = 0;
+          for (int l = 0; l < lanes; ++l) {
+            most = std::max(most, ls[l].prologue[e]);
+            useful += cost[e] * ls[l].prologue[e];
+          }
+          warp += cost[e] * most;
+        }
+        for (int lp = 0; lp < kLoops; ++lp) {
+          size_t iters = 0;
+          for (int l = 0; l < lanes; ++l) iters = std::max(iters, ls[l].iters[lp].size());
+          for (size_t i = 0; i < iters; ++i)
+            for (int e = 0; e < kTraceEvents; ++e) {
+              int most = 0;
+              for (int l = 0; l < lanes; ++l)
+                if (i < ls[l].iters[lp].size()) {
+                  const int k = ls[l].iters[lp][i][e];
+                  most = std::max(most, k);
+                  useful += cost[e] * k;
+                }
+              warp += cost[e] * most;
+            }
+        }
+        my_mix[kind].warp_instr += warp;
+        my_mix[kind].lane_instr += useful;
+        my_mix[kind].samples += lanes;
+      }
+    }
+#pragma omp critical
+    {
+      for (int k = 0; k < 2; ++k) {
+        cls[k].samples += my_cls[k].samples;
+        cls[k].nodes += my_cls[k].nodes;
+        cls[k].tris += my_cls[k].tris;
+        cls[k].boxed += my_cls[k].boxed;
+        cls[k].seeds += my_cls[k].seeds;
+        cls[k].resolves += my_cls[k].resolves;
+      }
+      for (int k = 0; k < 3; ++k) {
+        mix[k].warp_instr += my_mix[k].warp_instr;
+        mix[k].lane_instr += my_mix[k].lane_instr;
+        mix[k].samples += my_mix[k].samples;
+      }
+      fixed_instr += my_fixed;
+      fixed_lane += my_fixed_lane;
+    }
+  }
+  double warp_total = fixed_instr, lane_total = fixed_lane;
+  for (auto& m : mix) {
+    warp_total += m.warp_instr;
+    lane_total += m.lane_instr;
+  }
+  printf("{\n");
+  const char* names[2] = {"head", "background"};
+  for (int k = 0; k < 2; ++k) {
+    const double s = cls[k].samples > 0 ? cls[k].samples : 1;
+    printf("  \"%s\": {\"samples\": %.0f, \"nodes_per_sample\": %.3f, \"tris_per_sample\": %.3f, "
+           "\"tri_boxes_per_sample\": %.3f, \"seeds_per_sample\": %.3f, \"lost_member_passes\": %.0f},\n",
+           names[k], cls[k].samples, cls[k].nodes / s, cls[k].tris / s, cls[k].boxed / s, cls[k].seeds / s,
+           cls[k].resolves);
+  }
+  const char* mixes[3] = {"head_warps", "background_warps", "mixed_warps"};
+  for (int k = 0; k < 3; ++k)
+    printf("  \"%s\": {\"lane_samples\": %.0f, \"warp_instructions\": %.6e, \"lane_efficiency\": %.4f},\n", mixes[k],
+           mix[k].samples, mix[k].warp_instr, mix[k].warp_instr > 0 ? mix[k].lane_instr / (kWarp * mix[k].warp_instr) : 0.0);
+  printf("  \"warp_instructions\": %.6e,\n  \"lane_efficiency\": %.4f\n}\n", warp_total,
+         lane_total / (kWarp * warp_total));
+  return 0;
+}

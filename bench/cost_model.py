@@ -1,0 +1,241 @@
+"""Device-independent cost model of the CUDA flow encoder (issue 15 item 2).
+
+Runs the real per-pixel code of ``flow_kernel`` (``fgp::flow_pixel`` and the BVH traversal of
+csrc/bvh.h, compiled from the same header with its ``FGP_TRACE`` hook recording events; the real
+builds compile the hook to nothing) on the CPU for a given mesh, resolution and N, groups lanes
+32 consecutive pixels of a row to a warp as the kernel's 32x4 blocks do, and replays each warp in
+lockstep (bench/cost_model.cpp). It reports nodes visited and triangles tested per head and per
+background sample, SIMT lane efficiency, and modelled warp-instructions per frame.
+
+Calibration: the instructions each event costs are counted in the SASS of ``flow_kernel`` built
+for sm_90 (nvcc -cubin -arch=sm_90 -O3 -fmad=false -lineinfo, disassembled with the nvdisasm that
+Triton ships, ``-gi`` line info with the inline chain). Every instruction goes to the event
+whose ``FGP_TRACE`` marker precedes its source line in the traversal (the innermost frame of the
+inline chain inside bvh_search / bvh_resolve_lost / offer_tri / offer_face), the rest to the
+per-sample or per-pixel fixed cost; the static count of a region (up to the kernel's last EXIT:
+the IEEE division and sqrt slow paths after it are left out) is its cost per event. For the
+triangle test that is every Voronoi-region branch, what a fully diverged warp executes, so the
+model is an upper bound for coherent warps. ``--calibrate``
+recomputes bench/cost_model_sass.json (needs nvcc); otherwise the committed counts are used and
+the model says which source they were taken from.
+
+    python bench/cost_model.py                          # ICT head, 512x512, N=20
+    python bench/cost_model.py --mesh flame --size 256 --n 8 --json out.json
+    python bench/cost_model.py --calibrate              # recount the SASS first
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CSRC = os.path.join(ROOT, "csrc")
+SASS_JSON = os.path.join(HERE, "cost_model_sass.json")
+EVENTS = ["sample", "seed", "iter", "inner", "leaf", "tri", "pop", "resolve", "exact"]   # csrc/bvh.h TraceEvent
+# H200 SXM: 132 SMs x 4 warp schedulers, one warp-instruction each per cycle, 1.98 GHz boost
+ISSUE_PER_S = 132 * 4 * 1.98e9
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration from SASS
+
+def _nvdisasm() -> str:
+    import triton
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    if not os.path.exists(path):
+        raise SystemExit("no nvdisasm: install triton (it ships one)")
+    return path
+
+
+def _regions(path: str) -> dict[int, str]:
+    """Source line -> event of csrc/bvh.h or flow_core.h: inside the traced functions, the event of
+    the last FGP_TRACE marker at or before the line (lines before the first marker: 'sample')."""
+    lines = open(path).read().splitlines()
+    out = {}
+    funcs = {"bvh_search": None, "bvh_resolve_lost": None, "offer_tri": None, "offer_face": "seed",
+             "flow_pixel": None}
+    i = 0
+    while i < len(lines):
+        m = re.match(r"FGP_HD \w+ (\w+)\(", lines[i])
+        if m and m.group(1) in funcs:
+            fixed, region = funcs[m.group(1)], "sample" if m.group(1) != "flow_pixel" else "pixel"
+            j = i
+            while j < len(lines) and lines[j] != "}":
+                mk = re.search(r"FGP_TRACE\(kTrace(\w+)\)", lines[j])
+                if mk and fixed is None:
+                    region = mk.group(1).lower()
+                    if m.group(1) == "bvh_resolve_lost" and region != "resolve":
+                        region = "resolve_" + region   # its own copy of a test: costed by the main one
+                out[j + 1] = fixed or region
+                j += 1
+            i = j
+        i += 1
+    return out
+
+
+def calibrate() -> dict:
+    """Instructions per event from the SASS of flow_kernel (sm_90)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "k.cubin")
+        subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "-O3", "-lineinfo", "-fmad=false", "-std=c++17",
+                        f"-I{CSRC}", os.path.join(CSRC, "cuda", "kernels.cu"), "-o", cubin], check=True)
+        sass = subprocess.run([_nvdisasm(), "-c", "-gi", cubin], check=True, capture_output=True,
+                              text=True).stdout
+    text = next(sec for sec in re.split(r"//-{5,} \.text\.", sass) if "flow_kernel" in sec.split("\n", 1)[0])
+    maps = {os.path.join(CSRC, f): _regions(os.path.join(CSRC, f)) for f in ("bvh.h", "flow_core.h")}
+    counts, loads = Counter(), Counter()
+    chain: list[tuple[str, int]] = []   # the inline chain, innermost first: one comment line per frame
+    fresh = True
+    for line in text.splitlines():
+        m = re.match(r'\s*//## File "([^"]+)", line (\d+)', line)
+        if m:
+            if fresh:
+                chain, fresh = [], False
+            chain.append((m.group(1), int(m.group(2))))
+            continue
+        if not re.match(r"\s*/\*[0-9a-f]{4,}\*/", line):
+            continue
+        fresh = True
+        if re.search(r"\bEXIT ;", line) and not re.search(r"@!?U?P\d", line):
+            break   # past the kernel's last EXIT: the division/sqrt slow-path subroutines (rare)
+        region = "pixel"
+        for f, n in chain:   # innermost traced frame decides
+            r = maps.get(f, {}).get(n)
+            if r is not None:
+                region = r
+                break
+        counts[region] += 1
+        if "LDG.E.128" in line:
+            loads[region] += 1
+    # a leaf loop the compiler unrolled holds several copies of the triangle test (3 loads each)
+    copies = max(1, loads["tri"] // 3)
+    per_event = {e: counts[e] for e in EVENTS}
+    per_event["tri"] = counts["tri"] / copies
+    per_event["exact"] = counts["exact"] / copies
+    res = {"events": per_event, "pixel": counts["pixel"], "tri_copies": copies, "total": sum(counts.values()),
+           "source": "nvcc -cubin -arch=sm_90 -O3 -fmad=false csrc/cuda/kernels.cu; nvdisasm -c -gi (flow_kernel)",
+           "sources_sha1": _sources_hash()}
+    return res
+
+
+def _sources_hash() -> str:
+    h = hashlib.sha1()
+    for f in ("bvh.h", "flow_core.h", "geometry.h", os.path.join("cuda", "kernels.cu")):
+        h.update(open(os.path.join(CSRC, f), "rb").read())
+    return h.hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+
+def build_driver() -> str:
+    src = os.path.join(HERE, "cost_model.cpp")
+    h = hashlib.sha1(open(src, "rb").read())
+    for f in ("bvh.h", "flow_core.h", "geometry.h"):
+        h.update(open(os.path.join(CSRC, f), "rb").read())
+    exe = os.path.join(tempfile.gettempdir(), f"fgp_cost_model_{h.hexdigest()[:12]}")
+    if not os.path.exists(exe):
+        subprocess.run(["g++", "-O2", "-fopenmp", "-std=c++17", "-ffp-contract=off", "-fno-math-errno",
+                        f"-I{CSRC}", src, "-o", exe + ".tmp"], check=True)
+        os.replace(exe + ".tmp", exe)
+    return exe
+
+
+def scene(mesh: str, size: int):
+    sys.path.insert(0, HERE)
+    from bench_flow import flame_sized_meshes, ict_meshes
+    from fgp_fast.camera import Camera
+    vs, vt, faces = ict_meshes() if mesh == "ict" else flame_sized_meshes()
+    return vs, vt, faces, Camera.frame_head(vs, size)
+
+
+def run(vs, vt, faces, cam, n: int, costs: dict, near=None, far=None, delta: float = 0.01,
+        leaf_size: int = 4) -> dict:
+    from fgp_fast.ops import native
+    bvh = native.MeshBVH(faces, vt, leaf_size=leaf_size)
+    r = native.native_rasterize(vt[None], faces, cam)
+    key = np.where(r.mask[0].numpy(), (r.depth[0].numpy().astype(np.float32).view(np.uint32).astype(np.uint64) << 32)
+                   | r.face_id[0].numpy().astype(np.uint64), np.uint64(0xFFFFFFFFFFFFFFFF)).astype(np.uint64)
+    z = cam.world_to_camera(vt[None])[0, :, 2]
+    near = float(z.min()) if near is None else near
+    far = float(z.max()) if far is None else far
+    K, w2c = cam.expand(1)
+    V, F, M = vt.shape[0], faces.shape[0], bvh.num_nodes
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, cst = os.path.join(tmp, "in.bin"), os.path.join(tmp, "costs.txt")
+        with open(inp, "wb") as fh:
+            fh.write(struct.pack("6i", V, F, M, cam.height, cam.width, n))
+            fh.write(struct.pack("3f", near, far, delta))
+            for t in (K[0], w2c[0], bvh.verts[0], vs.float(), bvh.faces, bvh.nodes[0], bvh.tris[0]):
+                fh.write(t.contiguous().numpy().tobytes())
+            fh.write(key.tobytes())
+        with open(cst, "w") as fh:
+            fh.write(" ".join(str(costs["events"][e]) for e in EVENTS) + f" {costs['events']['sample']} "
+                     f"{costs['pixel']}\n")
+        out = subprocess.run([build_driver(), inp, cst], check=True, capture_output=True, text=True).stdout
+    res = json.loads(out)
+    res["head_pixel_fraction"] = float(r.mask.float().mean())
+    res["ms_at_full_issue_h200"] = res["warp_instructions"] / ISSUE_PER_S * 1e3
+    res["ms_at_60pct_issue_h200"] = res["ms_at_full_issue_h200"] / 0.6
+    bg = res["background_warps"]["warp_instructions"]
+    res["background_warp_share"] = bg / res["warp_instructions"]
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mesh", default="ict", choices=["ict", "flame"])
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--near", type=float, default=None)
+    ap.add_argument("--far", type=float, default=None)
+    ap.add_argument("--leaf-size", type=int, default=4, help="BVH leaf size (the backends use 4)")
+    ap.add_argument("--threads", type=int, default=None, help="OpenMP threads of the driver")
+    ap.add_argument("--calibrate", action="store_true", help="recount instructions from the sm_90 SASS (nvcc)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.calibrate:
+        costs = calibrate()
+        with open(SASS_JSON, "w") as fh:
+            json.dump(costs, fh, indent=1)
+    else:
+        costs = json.load(open(SASS_JSON))
+        if costs.get("sources_sha1") != _sources_hash():
+            print("note: the SASS counts are from other sources than these (run --calibrate where nvcc is)")
+    vs, vt, faces, cam = scene(args.mesh, args.size)
+    res = run(vs, vt, faces, cam, args.n, costs, args.near, args.far, leaf_size=args.leaf_size)
+    res.update(mesh=args.mesh, size=args.size, n=args.n, leaf_size=args.leaf_size, costs=costs)
+    print(f"{args.mesh} {args.size}x{args.size} N={args.n}: head on {100 * res['head_pixel_fraction']:.0f}% of pixels")
+    for k in ("head", "background"):
+        c = res[k]
+        print(f"  {k:10s} samples: {c['nodes_per_sample']:6.1f} nodes, {c['tris_per_sample']:6.1f} exact triangle "
+              f"tests of {c['tri_boxes_per_sample']:.1f} offered (+{c['seeds_per_sample']:.1f} seeds), "
+              f"lost-member passes {c['lost_member_passes']:.0f}")
+    print(f"  lane efficiency {100 * res['lane_efficiency']:.1f}%  "
+          f"(head warps {100 * res['head_warps']['lane_efficiency']:.0f}%, background "
+          f"{100 * res['background_warps']['lane_efficiency']:.0f}%, mixed {100 * res['mixed_warps']['lane_efficiency']:.0f}%)")
+    print(f"  {res['warp_instructions'] / 1e9:.2f} G warp-instructions/frame, background warps "
+          f"{100 * res['background_warp_share']:.0f}%; H200 at full issue {res['ms_at_full_issue_h200']:.2f} ms, "
+          f"at 60% {res['ms_at_60pct_issue_h200']:.2f} ms")
+    print(f"  costs (instructions/event, {costs['source']}): {costs['events']}, per pixel {costs['pixel']}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
