@@ -33,7 +33,7 @@ def _p_src(backend, vt, vs, faces, cam, n, dtype=torch.float32):
     cam = cam.to(dtype=dtype)
     kw = dict(n_samples=n, near=0.3, far=1.2)   # background samples reach far from the mesh
     _, aux = ops.flow_encode(vt.to(dtype), vs.to(dtype), faces, cam, backend=backend, return_aux=True, **kw)
-    return aux["p_src"].double().reshape(-1, 3), aux["points"].double().reshape(-1, 3), aux["sample_face_id"]
+    return aux.p_src.double().reshape(-1, 3), aux.points.double().reshape(-1, 3), aux.sample_face_id
 
 
 def _failures(a, b):
