@@ -51,7 +51,8 @@ def connect(server, **kw) -> Client:
 
 
 def health(server) -> dict:
-    with urllib.request.urlopen(server.http_url + "health", timeout=5) as r:
+    request = urllib.request.Request(server.http_url + "health", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as r:
         return json.load(r)
 
 

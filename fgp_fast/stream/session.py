@@ -14,11 +14,12 @@ import time
 import numpy as np
 
 from ..driving import ANGLES, Edit, Motion, apply_edits, drive
-from .protocol import FORMATS, ProtocolError, decode_image, encode_image
+from .protocol import MAX_PIXELS, MAX_SIDE, ProtocolError, decode_image, encode_image
 
 __all__ = ["Session", "parse_live_edits"]
 
 MAX_ANGLE_EDIT = 45.0  # degrees either way; more tears the warp apart
+LANDMARKER_MAX_SIDE = 32766  # MediaPipe's OpenCV remap aborts the whole process at SHRT_MAX (32767)
 
 
 def parse_live_edits(edits, expression_names: tuple[str, ...]) -> list[Edit]:
@@ -42,7 +43,7 @@ def parse_live_edits(edits, expression_names: tuple[str, ...]) -> list[Edit]:
 class Session:
     """One client's source, tracker and edits. ``track`` and ``render`` may run concurrently."""
 
-    def __init__(self, portrait, mode: str = "relative"):
+    def __init__(self, portrait, mode: str = "relative", max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS):
         from ..landmarks import FaceLandmarker
         from .tracker import DriverTracker
 
@@ -50,6 +51,7 @@ class Session:
         self.mode = mode
         self.edits: list[Edit] = []
         self.format, self.quality = "jpeg", 85
+        self.max_side, self.max_pixels = max_side, max_pixels
         self._landmarker = FaceLandmarker(video=True, max_faces=1)
         self.tracker = DriverTracker(portrait.head, self._landmarker)
         self._reset = False
@@ -62,19 +64,15 @@ class Session:
     def request_reset(self) -> None:
         self._reset = True  # applied by the next track(), which owns the tracker
 
-    def configure(self, message: dict) -> None:
-        fmt, quality = message.get("format", self.format), message.get("quality", self.quality)
-        if fmt not in FORMATS:
-            raise ProtocolError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-            raise ProtocolError(f"quality must be an integer in [1, 100], got {quality!r}")
-        self.format, self.quality = fmt, quality
+    def configure(self, fmt: str | None = None, quality: int | None = None) -> None:
+        """Output encoding (values checked by the message schema, ``messages.Config``)."""
+        self.format, self.quality = fmt or self.format, quality or self.quality
 
     # ----------------------------------------------------------------- stages (worker threads)
     def track(self, data: bytes) -> tuple[Motion | None, dict]:
         """Driver frame bytes -> (the driver's motion, or None without a face; stage timings in ms)."""
         t0 = time.perf_counter()
-        frame = decode_image(data)
+        frame = self._decode(data)
         t1 = time.perf_counter()
         with self._track_lock:
             if self._landmarker is None:
@@ -111,12 +109,20 @@ class Session:
         from ..commands.animate import Portrait, fit_size, resize
         from ..landmarks import NoFaceError
 
-        image = decode_image(data)
+        image = self._decode(data)
         image = resize(image, *fit_size(*image.shape[:2], size))
         try:
             self.portrait = Portrait(image, "the uploaded source", diffusion=diffusion)
         except NoFaceError as exc:
             raise ProtocolError(str(exc)) from None
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        """Image bytes -> RGB within this session's limits, and a shape MediaPipe can take whatever they are."""
+        image = decode_image(data, max_side=self.max_side, max_pixels=self.max_pixels)
+        if max(image.shape[:2]) > LANDMARKER_MAX_SIDE:
+            raise ProtocolError(f"image of {image.shape[1]}x{image.shape[0]} is over {LANDMARKER_MAX_SIDE} "
+                                f"pixels a side")
+        return image
 
     def ready(self, renderer: str) -> dict:
         names = self.portrait.head.expression_names
