@@ -3,7 +3,7 @@
 - ``Host`` must name this server (the bound address; for loopback also ``localhost`` and the
   loopback addresses; for a wildcard bind any IP address and this machine's names; plus
   ``allow_hosts``): a page on a foreign domain that rebinds its DNS to us is refused (403).
-- A WebSocket whose ``Origin`` is not the server's own (the same scheme-less ``host:port`` as
+- A WebSocket whose ``Origin`` is not the server's own (its scheme, and the ``host:port`` of
   ``Host``) nor one of ``allow_origins`` is refused (403): browsers send ``Origin`` on every socket,
   so a foreign page cannot open one; ``null`` is refused. Clients that are not browsers send none.
 - With a token, every route needs it: ``?token=`` (the page's first load answers with a redirect
@@ -106,7 +106,7 @@ class Guard:
         if not self._host_ok(host):
             return await _refuse(scope, receive, send, 403, f"Host {host!r} is not a name this server answers to "
                                                             f"(add it with --allow-host)")
-        if scope["type"] == "websocket" and not self._origin_ok(headers.get("origin"), host):
+        if scope["type"] == "websocket" and not self._origin_ok(headers.get("origin"), host, scope):
             return await _refuse(scope, receive, send, 403, f"Origin {headers.get('origin')!r} may not open a "
                                                             f"socket here (add it with --allow-origin)")
         if self.token is None:
@@ -133,7 +133,7 @@ class Guard:
         name = split[0]
         return name in self.hosts or (self.any_ip and _ip(name) is not None)
 
-    def _origin_ok(self, origin: str | None, host: str) -> bool:
+    def _origin_ok(self, origin: str | None, host: str, scope) -> bool:
         if origin is None:
             return True  # not a browser: browsers send Origin with every WebSocket handshake
         origin = normalise_origin(origin)
@@ -141,9 +141,10 @@ class Guard:
             return False
         if origin in self.origins:
             return True
-        own = _split_host(host)
-        theirs = _split_host(origin.split("://", 1)[1])
-        scheme = origin.split("://", 1)[0]
+        scheme, netloc = origin.split("://", 1)
+        if scheme != ("https" if scope.get("scheme") == "wss" else "http"):  # a page served over the other one
+            return False
+        own, theirs = _split_host(host), _split_host(netloc)
         default = 80 if scheme == "http" else 443
         return own is not None and theirs is not None and \
             (own[0], own[1] or default) == (theirs[0], theirs[1] or default)

@@ -103,6 +103,9 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = M
             image = np.asarray(img.convert("RGB"))
     except ProtocolError:
         raise
+    except Image.DecompressionBombError as exc:  # PIL's own ceiling, checked from the header too
+        raise ProtocolError(f"image is over the limits ({max_side} pixels a side, {max_pixels} pixels in all): "
+                            f"{exc}") from None
     except UnidentifiedImageError:
         raise ProtocolError("not a JPEG, WebP or PNG image") from None
     except Exception as exc:  # PIL raises several types for broken data (OSError, SyntaxError, ...)

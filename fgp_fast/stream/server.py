@@ -169,6 +169,7 @@ class _Connection:
         self.frames, self.tracked = LatestSlot(), LatestSlot()
         self.send_lock = asyncio.Lock()
         self.processed = 0
+        self.in_flight = 0   # frames received and not yet answered (rendered, dropped or refused)
         self.session = None
         self.source_task = None
 
@@ -215,12 +216,12 @@ class _Connection:
 
     async def _receive(self) -> dict | None:
         """The next message, or None once the client has sent nothing for ``idle_timeout`` seconds
-        (a source upload still being fitted does not count as idle)."""
+        (waiting for its frames or its source upload to be processed does not count as idle)."""
         while True:
             try:
                 return await asyncio.wait_for(self.ws.receive(), self.state.config.idle_timeout)
             except asyncio.TimeoutError:
-                if self.source_task is None or self.source_task.done():
+                if not self.in_flight and (self.source_task is None or self.source_task.done()):
                     return None
 
     def _renderer(self) -> str:
@@ -243,6 +244,7 @@ class _Connection:
         if not payload:
             raise ProtocolError(f"{header.type} message without image bytes")
         if isinstance(header, Frame):
+            self.in_flight += 1
             await self._put(self.frames, (header, payload, time.perf_counter()))
         elif self.source_task is not None and not self.source_task.done():
             raise ProtocolError("a source upload is still being processed")
@@ -272,6 +274,7 @@ class _Connection:
         """Hand ``item`` to a stage; a frame it replaces is dropped, and the client told so."""
         replaced = slot.put(item)
         if replaced is not None:
+            self.in_flight -= 1
             await self.send(json.dumps({"type": "dropped", "id": replaced[0].id}))
 
     async def _track_loop(self) -> None:
@@ -279,11 +282,10 @@ class _Connection:
             header, payload, received = await self.frames.get()
             try:
                 driven, ms = await self.state.run(self.session.track, payload)
-            except ProtocolError as exc:
-                await self.error(str(exc), header.id)
-                continue
-            except Exception as exc:  # a bug or a bad fit must not end the session: report it
-                await self.error(f"tracking failed: {type(exc).__name__}: {exc}", header.id)
+            except Exception as exc:  # a bad frame, a bug or a bad fit must not end the session: report it
+                self.in_flight -= 1
+                await self.error(str(exc) if isinstance(exc, ProtocolError) else
+                                 f"tracking failed: {type(exc).__name__}: {exc}", header.id)
                 continue
             await self._put(self.tracked, (header, driven, ms, received))
 
@@ -295,6 +297,8 @@ class _Connection:
             except Exception as exc:
                 await self.error(f"rendering failed: {type(exc).__name__}: {exc}", header.id)
                 continue
+            finally:
+                self.in_flight -= 1
             out = {"type": "frame", "id": header.id, "t": header.t, "face": driven is not None,
                    "format": self.session.format, "ms": {**ms, **ms2,
                                                          "server": round((time.perf_counter() - received) * 1000, 2)}}
