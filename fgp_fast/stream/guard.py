@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 import socket
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -49,13 +50,16 @@ def allowed_hosts(bind: str, extra=()) -> tuple[frozenset[str], bool]:
     return frozenset(names - {""}), any_ip
 
 
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::([0-9]{1,5}))?", re.IGNORECASE)
+
+
 def _split_host(value: str) -> tuple[str, int | None] | None:
-    """'Host' or origin netloc 'name:port' / '[::1]:port' -> (lowercase name, port or None); None if malformed."""
-    try:
-        parts = urlsplit("//" + value)
-        return (parts.hostname or "").lower(), parts.port
-    except ValueError:
+    """'Host' or origin netloc 'name:port' / '[::1]:port' -> (lowercase name, port or None); None if it
+    is anything else (paths, user info, spaces: no way to read it two ways)."""
+    match = _HOST.fullmatch(value)
+    if match is None:
         return None
+    return match[1].strip("[]").lower(), None if match[2] is None else int(match[2])
 
 
 def normalise_origin(origin: str) -> str | None:
