@@ -20,13 +20,14 @@ import time
 import urllib.request
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the 'serve' extra (fastapi, uvicorn) is not installed")
 pytest.importorskip("websockets", reason="the 'serve' extra (websockets) is not installed")
 
 from fgp_fast.stream.client import Client, ServerError
-from fgp_fast.stream.protocol import encode_image, pack, unpack
+from fgp_fast.stream.protocol import encode_image, pack
 from stream_inputs import png, png_header_only, request
 
 PROFILE = os.environ.get("FGP_STREAM_FUZZ", "")
@@ -146,22 +147,34 @@ def lockstep_ms(srv: ServerProcess, jpegs, frames: int = 8) -> float:
     return sorted(times[3:])[frames // 2]
 
 
-def sync(c: Client, srv: ServerProcess) -> list:
-    """Ask for stats and read up to its answer: the session is alive and every reply is well formed."""
+def next_reply(c: Client, srv: ServerProcess):
+    """The next reply, well formed; the session must not end under fuzz."""
+    try:
+        reply = c.recv(timeout=60)
+    except Exception as exc:
+        srv.assert_alive()
+        raise AssertionError(f"the session ended under fuzz: {exc!r}") from None
+    assert reply.type in REPLY_TYPES, reply.header
+    if reply.type == "error":
+        assert isinstance(reply.header["message"], str) and reply.header["message"], reply.header
+    return reply
+
+
+def sync(c: Client, srv: ServerProcess) -> None:
+    """Ask for stats and read up to its answer: the session is alive after what was sent before."""
     c.send_control({"type": "stats"})
-    replies = []
+    while next_reply(c, srv).type != "stats":
+        pass
+
+
+def answer(c: Client, srv: ServerProcess, frame_id: int | None):
+    """The reply to frame ``frame_id`` (a frame or an error), or with None to a source upload (ready or error)."""
     while True:
-        try:
-            reply = c.recv(timeout=60)
-        except Exception as exc:
-            srv.assert_alive()
-            raise AssertionError(f"the session ended under fuzz: {exc!r}") from None
-        assert reply.type in REPLY_TYPES, reply.header
-        if reply.type == "error":
-            assert isinstance(reply.header["message"], str) and reply.header["message"], reply.header
-        replies.append(reply)
-        if reply.type == "stats":
-            return replies
+        reply = next_reply(c, srv)
+        if frame_id is None and (reply.type == "ready" or reply.type == "error" and reply.header["id"] is None):
+            return reply
+        if frame_id is not None and reply.type in ("frame", "error") and reply.header.get("id") == frame_id:
+            return reply
 
 
 # ------------------------------------------------------------------------------- generators
@@ -279,12 +292,11 @@ def test_random_and_mutated_messages_keep_the_session(server, rng, jpegs):
 def test_images_too_big_too_small_and_broken(server, rng, jpegs):
     bombs = [png(1025, 1), png(1, 1025), png(32767, 2), png(2, 32767), png(16777216, 1), png(1024, 1025, grey=True),
              png_header_only(100000, 100000), png_header_only(2**31 - 1, 1)]
-    tiny = [png(1, 1), png(2, 1), png(1, 1024), png(1024, 1), png(3, 3, value=255), encode_image(
-        __import__("numpy").zeros((1, 1, 3), "uint8")), encode_image(__import__("numpy").zeros((8, 8, 3), "uint8"),
-                                                                     "webp")]
-    broken = [jpegs[0][: len(jpegs[0]) // k] for k in (2, 3, 10, 100)] + [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff",
-                                                                          b"RIFF\0\0\0\0WEBPVP8 ", b"GIF89a" + b"\0" * 64,
-                                                                          png_header_only(0, 0), png(5, 5)[:-20]]
+    tiny = [png(1, 1), png(2, 1), png(1, 1024), png(1024, 1), png(3, 3, value=255),
+            encode_image(np.zeros((1, 1, 3), np.uint8)), encode_image(np.zeros((8, 8, 3), np.uint8), "webp")]
+    broken = [jpegs[0][: len(jpegs[0]) // k] for k in (2, 3, 10, 100)]
+    broken += [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF\0\0\0\0WEBPVP8 ", b"GIF89a" + b"\0" * 64,
+               png_header_only(0, 0), png(5, 5)[:-20]]
     frame_id = 0
     with server.connect() as c:
         for _ in range(SCALE):
@@ -303,20 +315,6 @@ def test_images_too_big_too_small_and_broken(server, rng, jpegs):
         sync(c, server)
     server.assert_alive()
     server.wait_sessions(0)
-
-
-def answer(c: Client, srv: ServerProcess, frame_id: int | None):
-    """The reply to frame ``frame_id`` (a frame or an error), or with None to a source upload (ready or error)."""
-    while True:
-        try:
-            reply = c.recv(timeout=60)
-        except Exception as exc:
-            srv.assert_alive()
-            raise AssertionError(f"the session ended under fuzz: {exc!r}") from None
-        if frame_id is None and (reply.type == "ready" or reply.type == "error" and reply.header["id"] is None):
-            return reply
-        if frame_id is not None and reply.type in ("frame", "error") and reply.header.get("id") == frame_id:
-            return reply
 
 
 def test_floods_every_frame_is_answered_once(server, rng, jpegs):

@@ -20,7 +20,7 @@ import socket
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-__all__ = ["Guard", "allowed_hosts", "normalise_origin"]
+__all__ = ["Guard", "allowed_hosts", "is_loopback", "normalise_origin"]
 
 WILDCARD = ("0.0.0.0", "::", "")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -33,6 +33,11 @@ def _ip(host: str):
         return None
 
 
+def is_loopback(host: str) -> bool:
+    ip = _ip(host.strip("[]"))
+    return host == "localhost" or (ip is not None and ip.is_loopback)
+
+
 def allowed_hosts(bind: str, extra=()) -> tuple[frozenset[str], bool]:
     """(names the ``Host`` header may carry, whether any IP address is fine) for a server bound to ``bind``.
 
@@ -41,8 +46,7 @@ def allowed_hosts(bind: str, extra=()) -> tuple[frozenset[str], bool]:
     """
     bind = bind.strip("[]").lower()
     names = {bind, *(h.strip("[]").lower() for h in extra)}
-    ip = _ip(bind)
-    if bind == "localhost" or (ip is not None and ip.is_loopback) or bind in WILDCARD:
+    if is_loopback(bind) or bind in WILDCARD:
         names.update(LOOPBACK_NAMES)
     any_ip = bind in WILDCARD
     if any_ip:
@@ -126,7 +130,7 @@ class Guard:
         if scope["type"] == "http" and scope["path"] == "/" and "token" in query:
             # The page's first load: keep the token in a cookie, out of the address bar and history.
             rest = urlencode([(k, v) for k, v in parse_qsl(scope["query_string"].decode("latin-1")) if k != "token"])
-            return await _redirect(send, "/" + (f"?{rest}" if rest else ""),
+            return await _redirect(send, scope.get("root_path", "") + "/" + (f"?{rest}" if rest else ""),
                                    f"{cookie}={self.cookie_value}; Path=/; HttpOnly; SameSite=Strict")
         return await self.app(scope, receive, send)
 

@@ -15,7 +15,6 @@ Who may connect at all (Host, Origin, token) is checked in front of every route 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import threading
 import time
@@ -29,7 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocketDisconnect
 
-from .guard import Guard
+from .guard import Guard, is_loopback
 from .messages import MAX_ID, Config, Edits, Frame, Reset, Source, Stats, parse_binary, parse_control
 from .protocol import MAX_PIXELS, MAX_SIDE, ProtocolError, pack, unpack
 from ..errors import InputError
@@ -59,15 +58,6 @@ class ServerConfig:
                                      # the stages are many small ops, so one thread each and the two
                                      # stages side by side beat two threads fighting over each op
     diffusion: object = None         # a DiffusionRenderer, or None for the warp renderer
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class LatestSlot:
