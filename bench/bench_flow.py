@@ -22,8 +22,9 @@ import time
 import numpy as np
 import torch
 
+from fgp_fast import ops
 from fgp_fast.camera import Camera
-from fgp_fast.ops import native, reference
+from fgp_fast.ops import flow_aux, native, reference
 
 ASSET = os.path.join(os.path.dirname(native.__file__), "..", "assets", "ict_facekit_head.npz")
 
@@ -76,9 +77,8 @@ def sample_points(vt, vs, faces, cam, n):
     B = 1
     r = native.native_rasterize(vt[None], faces, cam)
     z = cam.world_to_camera(vt[None])[..., 2]
-    depths = reference.sample_depths(r, z.amin(1), z.amax(1), n, 0.01, "depth")
+    pts = flow_aux.sample_points(r, cam, z.amin(1), z.amax(1), n, 0.01, "depth").reshape(-1, 3).contiguous()
     rays_cam = cam.pixel_rays(B)
-    pts = cam.camera_to_world(depths[..., None] * rays_cam[:, None]).reshape(-1, 3).contiguous()
     origin = cam.cam_to_world()[:3, 3]
     dirs = (rays_cam.reshape(-1, 3) @ cam.world_to_cam[:3, :3]).contiguous()  # world directions
     return pts, origin, dirs, r.mask.float().mean().item()
@@ -101,7 +101,7 @@ def interleaved_min(runs: dict, repeat: int) -> dict:
 def bench_cpu(name, vs, vt, faces, size, n, threads, repeat, rows, anchors):
     cam = Camera.frame_head(vs, size)
     P = size * size * n
-    enc = native.FlowEncoder(faces, n_samples=n, dtype=torch.float32, validate=False)
+    enc = ops.FlowEncoder(faces, backend="cpp", n_samples=n, dtype=torch.float32, validate=False)
     out = torch.empty(1, 3 * n, size, size)
     pts, origin, dirs, cover = sample_points(vt, vs, faces, cam, n)
     print(f"\n== {name}: V={vs.shape[0]} F={faces.shape[0]} {size}x{size} N={n} -> {P / 1e6:.2f} M queries, "
@@ -189,7 +189,7 @@ def bench_cuda(name, vs, vt, faces, size, n, repeat, rows, brute_points=1 << 15)
     vs_d, vt_d, f_d = vs.to(dev), vt.to(dev), faces.to(dev)
     # Rotating inputs: several target poses so no frame repeats the previous one's inputs.
     poses = [((vt_d - vt_d.mean(0)) @ yaw(d).to(dev).T + vt_d.mean(0))[None].contiguous() for d in (-2, -1, 0, 1, 2)]
-    enc = native.FlowEncoder(f_d, n_samples=n, dtype=torch.float16, validate=False)
+    enc = ops.FlowEncoder(f_d, backend="cuda", n_samples=n, dtype=torch.float16, validate=False)
     out = torch.empty(1, 3 * n, size, size, dtype=torch.float16, device=dev)
     for k in range(10):
         enc(poses[k % 5], vs_d[None], cam, out=out)
@@ -210,27 +210,28 @@ def bench_cuda(name, vs, vt, faces, size, n, repeat, rows, brute_points=1 << 15)
     rows.append({"mesh": name, "method": "cuda fused encode fp16", "ms_per_frame": med, "mqueries_per_s": P / med / 1e3,
                  "device": torch.cuda.get_device_name()})
     # The Triton backend beside it: same poses, fp16 output, CUDA events, median after warm-up.
-    from fgp_fast import kernels
-    why = kernels.unavailable_reason(dev)
+    from fgp_fast.ops import triton as triton_backend
+    why = triton_backend.unavailable_reason(dev)
     if why is None:
         t_out = torch.empty_like(out)
+        t_enc = ops.FlowEncoder(f_d, backend="triton", n_samples=n, dtype=torch.float16, validate=False)
         for k in range(10):   # the first call autotunes (~13 configs compile)
-            kernels.flow_encode(poses[k % 5], vs_d[None], f_d, cam, n_samples=n, out=t_out)
+            t_enc(poses[k % 5], vs_d[None], cam, out=t_out)
         torch.cuda.synchronize()
         t_times = []
         for k in range(repeat):
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
-            kernels.flow_encode(poses[k % 5], vs_d[None], f_d, cam, n_samples=n, out=t_out)
+            t_enc(poses[k % 5], vs_d[None], cam, out=t_out)
             e.record()
             e.synchronize()
             t_times.append(s.elapsed_time(e))
         t_med = statistics.median(t_times)
         print(f"   triton fused encode (raster + encode): median {t_med:.3f} ms (min {min(t_times):.3f}), "
-              f"{t_med / med:.2f}x the cuda time; autotuned {kernels.last_config()}")
+              f"{t_med / med:.2f}x the cuda time; autotuned {triton_backend.last_config()}")
         rows.append({"mesh": name, "method": "triton fused encode fp16", "ms_per_frame": t_med,
                      "mqueries_per_s": P / t_med / 1e3, "device": torch.cuda.get_device_name(),
-                     "autotuned": kernels.last_config()})
+                     "autotuned": triton_backend.last_config()})
     else:
         print(f"   triton backend not timed: {why}")
     # Brute force: all triangles per query, chunked, on a slice; scaled to the frame.

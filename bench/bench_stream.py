@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from fgp_fast.stream.clip import driver_clip
+    from fgp_fast.samples import driver_clip
     from fgp_fast.stream.protocol import encode_image
 
     jpegs = [encode_image(f) for f in driver_clip(args.driver_size, 50, 25.0)]

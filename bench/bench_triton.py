@@ -1,12 +1,12 @@
-"""Benchmark of the Triton encoder (fgp_fast.kernels) beside the CUDA backend and torch baselines.
+"""Benchmark of the Triton encoder (fgp_fast.ops.triton) beside the CUDA backend and torch baselines.
 
 ICT head (``load_head_model("ict")``): source = neutral, target = jawOpen 0.6 + 10 deg yaw about
 the head centre; 512x512, N=20, fp16 output. GPU timings are CUDA events, medians after warm-up,
 with rotating target poses (no frame repeats the previous frame's inputs). Rows:
 
-  triton encode (raster + encode)    kernels.flow_encode(..., out=) end to end
+  triton encode (raster + encode)    ops.FlowEncoder(backend="triton")(..., out=) end to end
   triton rasterize (part)            the rasteriser the Triton backend uses, alone
-  cuda fused encode                  native.FlowEncoder, if the cuda backend is built
+  cuda fused encode                  ops.FlowEncoder(backend="cuda"), if the cuda backend is built
   torch reference flow_encode        fgp_fast.ops.reference (clustered culling in torch), few reps
   torch brute force (scaled)         every triangle per sample, timed on a slice, scaled to a frame
 
@@ -28,10 +28,11 @@ import time
 
 import torch
 
-from fgp_fast import kernels, ops
+from fgp_fast import ops
 from fgp_fast.camera import Camera
 from fgp_fast.heads import load_head_model
 from fgp_fast.ops import reference
+from fgp_fast.ops import triton as triton_backend
 
 
 def yaw(deg: float) -> torch.Tensor:
@@ -93,7 +94,7 @@ def main():
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = torch.device(args.device)
-    reason = kernels.unavailable_reason(dev)
+    reason = triton_backend.unavailable_reason(dev)
     if reason is not None:
         raise SystemExit(f"triton backend unavailable on {dev}: {reason}")
     size, N = args.size, args.n
@@ -116,22 +117,21 @@ def main():
     print(f"== ICT head V={vs.shape[0]} F={faces.shape[0]} on {gpu}: {size}x{size} N={N} fp16 out, "
           f"torch {torch.__version__}")
     out = torch.empty(1, 3 * N, size, size, dtype=torch.float16, device=dev)
-    tri_fns = [lambda p=p: kernels.flow_encode(p, vs_d, f_d, cam, n_samples=N, out=out) for p in poses]
+    tri_enc = ops.FlowEncoder(f_d, backend="triton", n_samples=N, dtype=torch.float16, validate=False)
+    tri_fns = [lambda p=p: tri_enc(p, vs_d, cam, out=out) for p in poses]
     # The first call autotunes; the warm-up then runs on the chosen config.
     tri_fns[0]()
     med, mn = timed(timer, tri_fns, args.warmup, args.repeat)
-    config = kernels.last_config()
+    config = triton_backend.last_config()
     row("triton encode (raster + encode)", med, mn, autotuned=config)
     print(f"   autotuned: {config}")
-    from fgp_fast.kernels import launch
-    ras = launch.rasterize_fn()
+    ras = triton_backend.triton_rasterize
     med_r, mn_r = timed(timer, [lambda p=p: ras(p, f_d, cam) for p in poses], args.warmup, args.repeat)
-    row(f"triton backend rasterize alone ({launch.RASTER_NAME})", med_r, mn_r)
+    row("triton backend rasterize alone (triton z-buffer)", med_r, mn_r)
 
     cuda_out = None
     if "cuda" in ops.available_backends(dev):
-        from fgp_fast.ops import native
-        enc = native.FlowEncoder(f_d, n_samples=N, dtype=torch.float16, validate=False)
+        enc = ops.FlowEncoder(f_d, backend="cuda", n_samples=N, dtype=torch.float16, validate=False)
         cuda_out = torch.empty_like(out)
         med_c, mn_c = timed(timer, [lambda p=p: enc(p, vs_d, cam, out=cuda_out) for p in poses],
                             args.warmup, args.repeat)
@@ -146,7 +146,7 @@ def main():
         print(f"   cuda backend not timed: {why}")
 
     # Correctness on the benchmark frame (float32 outputs): triton vs cuda, and vs the reference.
-    t32 = kernels.flow_encode(poses[2], vs_d, f_d, cam, n_samples=N, dtype=torch.float32)
+    t32 = ops.flow_encode(poses[2], vs_d, f_d, cam, n_samples=N, backend="triton", dtype=torch.float32)
     if cuda_out is not None:
         c32 = ops.flow_encode(poses[2], vs_d, f_d, cam, n_samples=N, backend="cuda", dtype=torch.float32)
         d = (t32 - c32).abs().view(1, N, 3, size, size).amax(2)
@@ -171,8 +171,8 @@ def main():
                      "frac_over_1e-5": (d > 1e-5).float().mean().item()})
 
     # Brute force over every triangle, on a slice of the sample points, scaled to a frame.
-    _, aux = kernels.flow_encode(poses[2], vs_d, f_d, cam, n_samples=N, return_aux=True)
-    pts = aux["points"].reshape(-1, 3)
+    _, aux = ops.flow_encode(poses[2], vs_d, f_d, cam, n_samples=N, backend="triton", return_aux=True)
+    pts = aux.points.reshape(-1, 3)
     sel = pts[torch.randperm(pts.shape[0], generator=torch.Generator().manual_seed(0))[:args.brute_points].to(dev)]
     tri = poses[2][0][f_d]
     ms = timer(lambda: reference.nearest_faces_brute_force(sel, tri, chunk=64)) * P / sel.shape[0]

@@ -46,12 +46,12 @@ def pixel_errors(verts_tgt, verts_src, faces, camera, n_samples, sampling, backe
     """Pixel error of the encoded source position at every head pixel (see the module docstring)."""
     _, aux = flow_encode(verts_tgt, verts_src, faces, camera, n_samples=n_samples, sampling=sampling,
                          backend=backend, return_aux=True)
-    mask, face, bary = aux["mask"], aux["face_id"].clamp(min=0), aux["bary"]
+    mask, face, bary = aux.mask, aux.face_id.clamp(min=0), aux.bary
     B = verts_src.shape[0]
     corners = verts_src[:, faces.long()][torch.arange(B)[:, None, None], face]    # (B, H, W, 3, 3)
     true_uv, _ = camera.project((bary[..., None] * corners).sum(-2))
-    nearest = aux["offset"].abs().argmin(1)                                        # (B, H, W)
-    p_enc = aux["p_src"].gather(1, nearest[:, None, ..., None].expand(-1, 1, -1, -1, 3))[:, 0]
+    nearest = aux.offset.abs().argmin(1)                                        # (B, H, W)
+    p_enc = aux.p_src.gather(1, nearest[:, None, ..., None].expand(-1, 1, -1, -1, 3))[:, 0]
     enc_uv, _ = camera.project(p_enc)
     return (enc_uv - true_uv).norm(dim=-1)[mask]
 

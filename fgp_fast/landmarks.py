@@ -10,7 +10,7 @@ import os
 import numpy as np
 from .errors import InputError, MissingDependencyError, NoFaceError
 
-__all__ = ["FaceLandmarker", "MediaPipeMissingError", "NoFaceError", "N_LANDMARKS", "detect_image"]
+__all__ = ["FaceLandmarker", "MediaPipeMissingError", "NoFaceError", "N_LANDMARKS", "detect_image", "face_box"]
 
 N_LANDMARKS = 478
 INSTALL_HINT = ("pip install -r requirements-mediapipe.txt && "
@@ -84,3 +84,20 @@ def detect_image(image: np.ndarray, name: str, face_index: int = 0) -> np.ndarra
         raise NoFaceError(f"{name} has {len(found)} face(s); face index {face_index} does not exist "
                           f"(faces are numbered from 0, largest first)")
     return found[face_index]
+
+
+def face_box(landmarks: np.ndarray, height: int, width: int, margin: float) -> tuple[int, int, int]:
+    """One square crop box (x0, y0, side) around (..., 2) pixel landmarks (one face, or a whole
+    clip's): ``margin`` times their extent, centred slightly above them (foreheads have no
+    landmarks), and kept inside the (height, width) image."""
+    points = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    if not np.isfinite(points).all() or not len(points):
+        raise InputError("face_box needs finite landmarks")
+    if not margin > 0:
+        raise InputError(f"margin must be > 0, got {margin}")
+    lo, hi = points.min(0), points.max(0)
+    centre = (lo + hi) / 2
+    side = min(max(8, round(float((hi - lo).max()) * margin)), height, width)
+    x0 = int(np.clip(round(centre[0] - side / 2), 0, width - side))
+    y0 = int(np.clip(round(centre[1] - side / 2 - 0.05 * side), 0, height - side))
+    return x0, y0, side

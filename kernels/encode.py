@@ -1,6 +1,6 @@
 """Triton kernels of the fused encoder: depth-guided samples -> surface field -> stacked flow.
 
-Imported lazily (by ``fgp_fast.kernels.launch``) because ``triton.jit`` decides at decoration
+Imported lazily (by ``fgp_fast.ops.triton``) because ``triton.jit`` decides at decoration
 time whether a kernel is compiled or run by the interpreter (``TRITON_INTERPRET=1``).
 
 One program = one screen tile (TILE_H x TILE_W pixels) x one sample index n x one batch element.

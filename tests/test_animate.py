@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from fgp_fast.cli import main
-from fgp_fast.driving import Motion, apply_edits, drive, load_script, parse_edits, script_motion
+from fgp_fast.errors import InputError
+from fgp_fast.motion import Motion, apply_edits, drive, edits_from_mapping, load_script, parse_edits, script_motion
 from fgp_fast.heads import load_head_model
-from fgp_fast.imageio import save_png
-from fgp_fast.video import VideoWriter, read_video
+from fgp_fast.media import save_png
+from fgp_fast.media import VideoWriter, read_video
 
 SIZE, FPS = 160, 12
 NAMES = load_head_model("ict").expression_names
@@ -38,8 +39,8 @@ def _probe(path):
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """The astronaut crop as a source PNG and a 10-frame driver clip of her (frames 4-5 face-less)."""
-    from fgp_fast.commands.animate import Portrait
-    from fgp_fast.commands.demo import astronaut_portrait
+    from fgp_fast.portrait import Portrait
+    from fgp_fast.samples import astronaut_portrait
 
     d = tmp_path_factory.mktemp("scene")
     image, _ = astronaut_portrait(SIZE)
@@ -91,9 +92,8 @@ def test_animate_script_with_edits(scene, tmp_path, capsys):
     script = tmp_path / "smile.yaml"
     script.write_text("fps: 10\nkeyframes:\n  - {t: 0}\n  - {t: 0.5, mouthSmile_L: 0.7, mouthSmile_R: 0.7, pitch: 5}\n")
     out = tmp_path / "smile.mp4"
-    with pytest.warns(UserWarning, match="clipped to 1"):
-        rc = main(["animate", "--source", str(scene["source"]), "--driver", str(script), "--out", str(out),
-                   "--size", "128", "--edit", "jawOpen=1.5", "--edit", "yaw=-10"])
+    rc = main(["animate", "--source", str(scene["source"]), "--driver", str(script), "--out", str(out),
+               "--size", "128", "--edit", "jawOpen=1.0", "--edit", "yaw=-10"])
     assert rc == 0 and _probe(out) == (6, 128, 128, 10.0)
 
 
@@ -153,7 +153,7 @@ def test_eval_same_video_is_zero(scene, tmp_path, capsys):
 def test_frechet_distance_matches_scipy():
     from scipy import linalg
 
-    from fgp_fast.commands.eval import frechet_distance
+    from fgp_fast.metrics import frechet_distance
 
     g = np.random.default_rng(0)
     x, y = g.normal(size=(200, 6)), g.normal(0.3, 1.5, size=(150, 6)) @ g.normal(size=(6, 6))
@@ -239,31 +239,53 @@ def test_video_round_trip_keeps_rate(tmp_path):
 
 # --------------------------------------------------------------------------- driving
 def _motion(yaw_deg, expr=None):
-    from fgp_fast.driving import _from_euler
-
     angles = np.stack([np.asarray(yaw_deg, float), np.zeros(len(yaw_deg)), np.zeros(len(yaw_deg))], 1)
     e = np.zeros((len(yaw_deg), len(NAMES)), np.float32) if expr is None else expr
-    return Motion(_from_euler(angles), e)
+    return Motion.from_euler(angles, e)
 
 
 def test_edits_set_and_shift():
     edits = parse_edits(["yaw=+15", "mouthSmile_L=0.4", "jawOpen=+0.3", "pitch=-5"], NAMES)
     m = apply_edits(_motion([10.0, -10.0]), edits, NAMES)
-    from fgp_fast.driving import _euler
-
-    assert np.allclose(_euler(m.rotation)[:, 0], [25, 5], atol=1e-3)
-    assert np.allclose(_euler(m.rotation)[:, 1], [-5, -5], atol=1e-3)
+    assert np.allclose(m.euler()[:, 0], [25, 5], atol=1e-3)
+    assert np.allclose(m.euler()[:, 1], [-5, -5], atol=1e-3)
     assert np.allclose(m.expression[:, NAMES.index("mouthSmile_L")], 0.4)
     assert np.allclose(m.expression[:, NAMES.index("jawOpen")], 0.3)
-    with pytest.warns(UserWarning, match="clipped to 1"):
-        assert parse_edits(["jawOpen=1.5"], NAMES)[0].value == 1.0
-    with pytest.raises(ValueError, match="within"):
-        parse_edits(["yaw=120"], NAMES)
+    # a shift past the range keeps the expression in [0, 1]
+    m = apply_edits(m, parse_edits(["jawOpen=+0.9"], NAMES), NAMES)
+    assert np.allclose(m.expression[:, NAMES.index("jawOpen")], 1.0)
+
+
+@pytest.mark.parametrize("text,mapping,needle", [
+    ("jawOpen=1.5", None, r"outside \[0, 1\]"),
+    ("jawOpen=+1.5", {"jawOpen": 1.5}, r"outside \[-1, 1\]"),
+    ("yaw=120", {"yaw": 120}, r"outside \[-90, 90\] degrees"),
+    ("yaw=-91", {"yaw": -91.0}, r"outside \[-90, 90\] degrees"),
+    ("smile=1", {"smile": 1}, "unknown edit 'smile'; valid names: yaw, pitch, roll, browDown_L"),
+    ("jawOpen=nan", {"jawOpen": float("nan")}, "finite number"),
+    ("jawOpen=inf", {"jawOpen": float("inf")}, "finite number"),
+    ("jawOpen=x", {"jawOpen": "x"}, "number"),
+    (None, {"jawOpen": True}, "finite number"),
+])
+def test_one_edit_grammar_one_set_of_limits(text, mapping, needle):
+    """The CLI text form, the socket's mapping form and keyframe scripts share limits and error type."""
+    if text is not None:
+        with pytest.raises(InputError, match=needle):
+            parse_edits([text], NAMES)
+    if mapping is not None:
+        with pytest.raises(InputError, match=needle):
+            edits_from_mapping(mapping, NAMES)
+        with pytest.raises(InputError, match=needle):
+            script_motion({"keyframes": [{"t": 0}, {"t": 1, **mapping}]}, _motion([0.0]), NAMES)
+
+
+def test_edit_grammar_accepts_the_limits_themselves():
+    assert [e.value for e in parse_edits(["jawOpen=1", "jawOpen=0", "yaw=90", "pitch=-90"], NAMES)] == [1, 0, 90, -90]
+    assert [(e.name, e.value, e.relative) for e in edits_from_mapping({"jawOpen": -1, "roll": 0, "yaw": 90}, NAMES)] \
+        == [("jawOpen", -1.0, True), ("yaw", 90.0, True)]              # zero shifts are left out
 
 
 def test_relative_mode_adds_driver_change_to_source():
-    from fgp_fast.driving import _euler
-
     e_src = np.zeros((1, len(NAMES)), np.float32)
     e_src[0, 0] = 0.5
     source = _motion([20.0], e_src)
@@ -271,17 +293,17 @@ def test_relative_mode_adds_driver_change_to_source():
     e_drv[:, 0] = [0.2, 0.4, 0.0]
     driver = _motion([-5.0, 5.0, -15.0], e_drv)
     rel = drive(source, driver, "relative")
-    assert np.allclose(_euler(rel.rotation)[:, 0], [20, 30, 10], atol=1e-3)
+    assert np.allclose(rel.euler()[:, 0], [20, 30, 10], atol=1e-3)
     assert np.allclose(rel.expression[:, 0], [0.5, 0.7, 0.3])
     ab = drive(source, driver, "absolute")
-    assert np.allclose(_euler(ab.rotation)[:, 0], [-5, 5, -15], atol=1e-3)
+    assert np.allclose(ab.euler()[:, 0], [-5, 5, -15], atol=1e-3)
     with pytest.raises(ValueError, match="valid modes"):
         drive(source, driver, "sideways")
 
 
 def test_script_validation(tmp_path):
     source = _motion([0.0])
-    with pytest.raises(ValueError, match="unknown channel 'smile'"):
+    with pytest.raises(ValueError, match="unknown edit 'smile'"):
         script_motion({"keyframes": [{"t": 0, "smile": 1}]}, source, NAMES)
     empty = tmp_path / "empty.json"
     empty.write_text("{}")

@@ -34,14 +34,16 @@ def test_console_script_is_installed_and_lists_valid_names(tmp_path):
     res = subprocess.run([exe, "flow", "--expr", "jaw=1", "--out", str(tmp_path)], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 2
-    assert "unknown expression 'jaw'" in res.stderr and "jawOpen" in res.stderr and "mouthSmile_L" in res.stderr
+    assert "unknown edit 'jaw'" in res.stderr and "jawOpen" in res.stderr and "mouthSmile_L" in res.stderr
     assert "Traceback" not in res.stderr
 
 
 @pytest.mark.parametrize("argv,needle", [
     (["--expr", "jawOpen"], "NAME=VALUE"),
     (["--expr", "jawOpen=wide"], "needs a number"),
-    (["--yaw", "120"], "--yaw must be within"),
+    (["--yaw", "120"], "edit yaw=120 is outside [-90, 90] degrees"),
+    (["--yaw", "nan"], "edit yaw needs a finite number"),
+    (["--expr", "jawOpen=1.7"], "edit jawOpen=1.7 is outside [0, 1]"),
     (["--size", "2"], "--size"),
     (["--samples", "0"], "n_samples"),
     (["--backend", "nope"], "unknown backend"),
@@ -52,11 +54,15 @@ def test_fgp_flow_bad_arguments(tmp_path, capsys, argv, needle):
     assert needle in capsys.readouterr().err
 
 
-def test_fgp_flow_clips_out_of_range_values(tmp_path):
-    with pytest.warns(UserWarning, match="clipped to 1.0"):
-        rc = main(["flow", "--expr", "jawOpen=1.7", "--size", "16", "--samples", "2", "--backend", "reference",
-                   "--out", str(tmp_path / "o")])
-    assert rc == 0
+def test_fgp_flow_takes_angles_in_the_edit_grammar(tmp_path):
+    """``--expr yaw=20`` is the same edit as ``--yaw 20``."""
+    flows = []
+    for argv in (["--yaw", "20"], ["--expr", "yaw=20"]):
+        out = tmp_path / argv[0].strip("-")
+        rc = main(["flow", *argv, "--size", "16", "--samples", "2", "--backend", "reference", "--out", str(out)])
+        assert rc == 0
+        flows.append(np.load(out / "flow.npy"))
+    assert np.array_equal(*flows) and np.abs(flows[0]).max() > 1e-3
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

@@ -190,7 +190,7 @@ def test_cache_hits_on_same_content_and_settings(tmp_path, monkeypatch):
 
 
 def test_astronaut_fit_converges(head):
-    from fgp_fast.commands.demo import astronaut_portrait
+    from fgp_fast.samples import astronaut_portrait
     from fgp_fast.landmarks import detect_image
 
     image, _ = astronaut_portrait(256)

@@ -7,15 +7,13 @@ import torch
 
 from fgp_fast import ops
 from fgp_fast.camera import Camera
-from fgp_fast.ops import native
-from fgp_fast.ops.geometry import closest_point_barycentric, point_triangle_dist2
+from fgp_fast.ops import native, testing
+from fgp_fast.ops.geometry import closest_point_barycentric
 
 from meshes import deform, random_blob, random_camera
 
 pytestmark = pytest.mark.skipif(native.cpp_unavailable_reason("cpu") is not None,
                                 reason=f"cpp backend: {native.cpp_unavailable_reason('cpu')}")
-
-TOL = 1e-5  # metres, float32 (DESIGN.md)
 
 
 def _scene(seed, size=(24, 32), subdivisions=2, batch=1, dtype=torch.float32):
@@ -32,72 +30,19 @@ def _scene(seed, size=(24, 32), subdivisions=2, batch=1, dtype=torch.float32):
     return (torch.stack(vt).to(dtype), torch.stack(vs).to(dtype), faces, cam.to(dtype=dtype), gen)
 
 
-def _soup(seed, n=300):
-    """A random triangle soup (overlapping, thin, some degenerate triangles)."""
-    gen = torch.Generator().manual_seed(seed)
-    centres = torch.randn(n, 1, 3, generator=gen, dtype=torch.float64) * 0.08
-    v = (centres + torch.randn(n, 3, 3, generator=gen, dtype=torch.float64) * 0.02).reshape(-1, 3)
-    v[:9] = v[0]  # a few triangles collapse to a point
-    faces = torch.arange(3 * n).view(n, 3)
-    return v, faces, gen
+# --------------------------------------------------------------------------- the backend contract
 
+@pytest.mark.parametrize("case", testing.contract_cases("cpp"), ids=str)
+def test_backend_contract(case):
+    testing.check_contract(case, "cpp")
 
-def _assert_flow_close(got, ref, aux, vt, vs, faces, cam, max_tie_frac=0.1):
-    """got == ref within TOL, except at samples where the fused kernel resolved a near-tie
-    (equal distances up to float32 rounding, typically a shared edge seen from far away) to the
-    other face: the GNARF field is discontinuous there, so the value must be that face's field."""
-    B, C, H, W = ref.shape
-    N = C // 3
-    bad = ((got - ref).abs() > TOL).view(B, N, 3, H, W).any(2)
-    assert bad.float().mean() <= max_tie_frac
-    if not bad.any():
-        return
-    from fgp_fast.ops.geometry import face_normals, projection_barycentric
-    K, w2c = cam.expand(B)
-    for b, n, y, x in bad.nonzero().tolist():
-        p = aux["points"][b, n, y, x].double()
-        tri_t, tri_s = vt[b].double()[faces], vs[b].double()[faces]
-        F = faces.shape[0]
-        w = projection_barycentric(p.expand(F, 3), tri_t)
-        h = ((p - (w[:, :, None] * tri_t).sum(1)) * face_normals(tri_t)).sum(-1)
-        ps = (w[:, :, None] * tri_s).sum(1) + h[:, None] * face_normals(tri_s)
-        flow = (ps - p) @ w2c[b, :3, :3].double().T
-        match = (flow - got[b, 3 * n:3 * n + 3, y, x].double()).abs().amax(1) < 1e-4
-        d = point_triangle_dist2(p.expand(F, 3), *tri_t.unbind(1)).sqrt()
-        assert match.any(), "the fused value is no face's field"
-        assert (d[match] - d.min()).min() <= 1e-6 * max(1.0, d.min().item()), "not a tie"
-
-
-def _face_tie(points, verts, faces, fa, fb, tol=1e-6):
-    """True where faces fa and fb are (within rounding) equally near to points."""
-    tri = verts[faces]
-    da = point_triangle_dist2(points, *tri[fa].unbind(1)).sqrt()
-    db = point_triangle_dist2(points, *tri[fb].unbind(1)).sqrt()
-    return (da - db).abs() <= tol
-
-
-# --------------------------------------------------------------------------- flow vs reference
 
 @pytest.mark.parametrize("seed,size,n,sampling,batch", [
-    (0, (24, 32), 8, "depth", 1), (1, (17, 23), 1, "depth", 1), (2, (20, 20), 5, "uniform", 1),
-    (3, (24, 32), 6, "depth", 2), (4, (9, 31), 2, "depth", 1)])
-def test_flow_matches_reference(seed, size, n, sampling, batch):
+    (0, (24, 32), 8, "depth", 1), (2, (20, 20), 5, "uniform", 1), (3, (24, 32), 6, "depth", 2)])
+def test_flow_matches_reference_larger_scenes(seed, size, n, sampling, batch):
     vt, vs, faces, cam, _ = _scene(seed, size, batch=batch)
-    ref, aux_r = ops.flow_encode(vt, vs, faces, cam, n_samples=n, sampling=sampling, return_aux=True)
-    got, aux_c = ops.flow_encode(vt, vs, faces, cam, n_samples=n, sampling=sampling, backend="cpp",
-                                 return_aux=True)
-    assert got.shape == ref.shape and got.dtype == torch.float32
-    assert torch.isfinite(got).all()
-    _assert_flow_close(got, ref, aux_r, vt, vs, faces, cam)
-    assert torch.equal(aux_c["face_id"], aux_r["face_id"])
-    assert (aux_c["p_src"] - aux_r["p_src"]).abs().max() < TOL
-    diff = aux_c["sample_face_id"] != aux_r["sample_face_id"]
-    if diff.any():  # only on ties
-        pts = aux_r["points"].reshape(batch, -1, 3)
-        for b in range(batch):
-            d = diff[b].flatten()
-            assert _face_tie(pts[b][d].double(), vt[b].double(), faces,
-                             aux_c["sample_face_id"][b].flatten()[d], aux_r["sample_face_id"][b].flatten()[d]).all()
+    testing.assert_flow_matches_reference("cpp", vt, vs, faces, cam, n_samples=n, sampling=sampling,
+                                          max_tie_fraction=0.1)
 
 
 def test_flow_on_ict_head_with_expression():
@@ -111,11 +56,9 @@ def test_flow_on_ict_head_with_expression():
     vt = ((v0 + 0.6 * jaw) @ R.T)[None]
     vs = v0[None]
     cam = Camera.frame_head(v0, 20)
-    ref, aux_r = ops.flow_encode(vt, vs, faces, cam, n_samples=3, return_aux=True)
-    got, aux_c = ops.flow_encode(vt, vs, faces, cam, n_samples=3, backend="cpp", return_aux=True)
-    assert torch.equal(aux_c["face_id"], aux_r["face_id"])
-    _assert_flow_close(got, ref, aux_r, vt, vs, faces, cam)
-    assert aux_c["mask"].float().mean() > 0.3
+    got, aux = ops.flow_encode(vt, vs, faces, cam, n_samples=3, backend="cpp", return_aux=True)
+    assert aux.mask.float().mean() > 0.3
+    testing.assert_flow_matches_reference("cpp", vt, vs, faces, cam, n_samples=3, max_tie_fraction=0.1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -127,89 +70,20 @@ def test_output_dtypes_written_directly(dtype):
     assert torch.equal(got, f32.to(dtype))  # round-to-nearest-even, as torch converts
 
 
-def test_float64_inputs():
-    vt, vs, faces, cam, _ = _scene(6, dtype=torch.float64)
-    ref, aux = ops.flow_encode(vt, vs, faces, cam, n_samples=4, return_aux=True)
-    got = ops.flow_encode(vt, vs, faces, cam, n_samples=4, backend="cpp")
-    assert got.dtype == torch.float64
-    _assert_flow_close(got, ref, aux, vt, vs, faces, cam)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_every_element_written_into_out(dtype):
-    vt, vs, faces, cam, _ = _scene(7, (13, 21), batch=2)
-    enc = native.FlowEncoder(faces, n_samples=5, dtype=dtype)
-    out = torch.full((2, 15, 13, 21), float("nan"), dtype=dtype)
-    res = enc(vt, vs, cam, out=out)
-    assert res is out
-    assert torch.isfinite(out).all()
-    ref, aux = ops.flow_encode(vt, vs, faces, cam, n_samples=5, return_aux=True)
-    if dtype == torch.float32:
-        _assert_flow_close(out, ref, aux, vt, vs, faces, cam)
-    else:
-        assert torch.equal(out, ops.flow_encode(vt, vs, faces, cam, n_samples=5, backend="cpp", dtype=dtype))
-
-
 def test_flow_encoder_reuses_bvh_across_frames():
     vt, vs, faces, cam, gen = _scene(8)
-    enc = native.FlowEncoder(faces, n_samples=4)
+    enc = ops.FlowEncoder(faces, backend="cpp", n_samples=4)
     enc(vt, vs, cam)
-    nodes = enc.bvh.nodes
+    nodes = enc._impl.bvh.nodes
     for _ in range(2):
         vt2 = deform(vt[0].double(), gen).float()[None]
         got = enc(vt2, vs, cam, near=0.3, far=0.9)
-        assert enc.bvh.nodes is nodes  # refit in place, no new BVH
-        ref, aux = ops.flow_encode(vt2, vs, faces, cam, n_samples=4, near=0.3, far=0.9, return_aux=True)
-        _assert_flow_close(got, ref, aux, vt2, vs, faces, cam)
+        assert enc._impl.bvh.nodes is nodes  # refit in place, no new BVH
+        assert torch.equal(got, ops.flow_encode(vt2, vs, faces, cam, n_samples=4, near=0.3, far=0.9, backend="cpp"))
+        testing.assert_flow_matches_reference("cpp", vt2, vs, faces, cam, n_samples=4, near=0.3, far=0.9)
 
 
 # --------------------------------------------------------------------------- the parts
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_rasterize_matches_reference(seed):
-    vt, _, faces, cam, _ = _scene(10 + seed, (31, 40), subdivisions=3, batch=2)
-    ref = ops.rasterize(vt, faces, cam)
-    got = ops.rasterize(vt, faces, cam, backend="cpp")
-    assert torch.equal(got.face_id, ref.face_id)
-    assert torch.equal(got.mask, ref.mask)
-    assert (got.depth - ref.depth).abs().max() < 1e-6
-    assert (got.bary - ref.bary).abs().max() < 1e-5
-
-
-def test_rasterize_soup_with_degenerate_and_behind_camera():
-    v, faces, _ = _soup(3)
-    cam = Camera.from_fov(60.0, 30, 28, torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0.05], [0, 0, 0, 1.0]]))
-    vt = v.float()[None]  # some triangles straddle z = 0
-    ref = ops.rasterize(vt, faces, cam)
-    got = ops.rasterize(vt, faces, cam, backend="cpp")
-    assert torch.equal(got.face_id, ref.face_id)
-    assert (got.depth - ref.depth).abs().max() < 1e-6
-
-
-@pytest.mark.parametrize("kind", ["blob", "soup"])
-def test_surface_field_matches_reference(kind):
-    if kind == "blob":
-        gen = torch.Generator().manual_seed(20)
-        v, faces = random_blob(gen, 3)
-        vt, vs = deform(v, gen), v
-    else:
-        v, faces, gen = _soup(21)
-        vt, vs = v, v + 0.005 * torch.randn(v.shape, generator=gen, dtype=v.dtype)
-    vt, vs = vt.float(), vs.float()
-    pts = torch.cat([vt[torch.randint(0, vt.shape[0], (1500,), generator=gen)]
-                     + 0.02 * torch.randn(1500, 3, generator=gen),
-                     0.3 * torch.randn(500, 3, generator=gen)])
-    ref = ops.surface_field(pts[None], vt[None], vs[None], faces)
-    got = ops.surface_field(pts[None], vt[None], vs[None], faces, backend="cpp")
-    same = got.face_id == ref.face_id
-    tie = _face_tie(pts.double(), vt.double(), faces, got.face_id[0], ref.face_id[0])
-    assert (same[0] | tie).all()
-    assert same.float().mean() > 0.99
-    # Away from ties the answer is the reference's; the field is continuous across shared edges.
-    assert (got.p_src - ref.p_src)[same].abs().max() < TOL
-    assert (got.offset - ref.offset)[same].abs().max() < TOL
-    assert (got.bary - ref.bary)[same].abs().max() < 1e-3
-
 
 def test_closest_points_match_warp():
     wp = pytest.importorskip("warp")
@@ -382,19 +256,19 @@ def test_raw_ops_reject_bad_inputs_elsewhere():
                                 scratch)
 
 
-def test_public_api_rejects_bad_inputs_for_cpp():
+def test_mesh_bvh_rejects_bad_inputs():
     vt, vs, faces, cam, _ = _scene(51, (8, 10))
-    with pytest.raises((ValueError, TypeError)):
-        ops.flow_encode(vt, vs, faces + 10_000, cam, backend="cpp")
-    with pytest.raises((ValueError, TypeError)):
-        ops.flow_encode(vt, vs, faces, cam, n_samples=10 ** 6, backend="cpp")
-    with pytest.raises((ValueError, TypeError)):
-        ops.flow_encode(_nan(vt), vs, faces, cam, backend="cpp")
-    with pytest.raises(ValueError):
-        native.FlowEncoder(faces, n_samples=10 ** 6)
-    enc = native.FlowEncoder(faces)
-    with pytest.raises(ValueError):
-        enc(vt, vs, cam, out=torch.empty(1, 3, 8, 10))
+    with pytest.raises(ValueError, match="faces index"):
+        native.MeshBVH(faces + 10_000, vt)
+    with pytest.raises(ValueError, match="NaN"):
+        native.MeshBVH(faces, _nan(vt))
+    bvh = native.MeshBVH(faces, vt)
+    with pytest.raises(ValueError, match="verts must be"):
+        bvh.refit(vt[:, :-1])
+    with pytest.raises(ValueError, match="NaN"):
+        bvh.refit(_nan(vt))
+    with pytest.raises(ValueError, match="points"):
+        bvh.surface_field(torch.zeros(2, 5, 3), vs)
 
 
 # --------------------------------------------------------------------------- torch.compile
@@ -424,7 +298,7 @@ def test_flow_encoder_rejects_nan_vertices_by_default():
     gen = torch.Generator().manual_seed(77)
     v, f = random_blob(gen, 1)
     cam = random_camera(gen, 8, 8)
-    enc = native.FlowEncoder(f, n_samples=2)
+    enc = ops.FlowEncoder(f, backend="cpp", n_samples=2)
     vt = v[None].float().clone()
     enc(vt, v[None].float(), cam.to(dtype=torch.float32))
     vt[0, 5, 0] = float("nan")

@@ -99,7 +99,7 @@ def test_depth_matches_warp_ray_casting():
     wp.config.quiet = True
     wp.init()
     v_tgt, _, f, cam, _ = _scene(11, size=(40, 48))
-    r = ops.rasterize(v_tgt, f, cam)
+    r = ops.rasterize(v_tgt, f, cam, backend="reference")
     rays_cam = cam.pixel_rays(1)[0].reshape(-1, 3)                 # z = 1, so ray t = depth
     c2w = cam.cam_to_world()
     origin = c2w[:3, 3]
@@ -144,7 +144,7 @@ def test_rasterize_hand_made_triangles():
     back_of_camera = quad * torch.tensor([1, 1, -1.0], dtype=torch.float64)
     v = torch.cat([behind, quad, quad, back_of_camera])[None]
     f = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]])
-    r = ops.rasterize(v, f, cam)
+    r = ops.rasterize(v, f, cam, backend="reference")
     # Pixel centres (u+.5, v+.5) map to x = (u+.5-5)/10*z; inside the triangle when x + y <= 0.
     u = torch.arange(10, dtype=torch.float64) + 0.5
     x = (u - 5) / 10 * z
@@ -163,7 +163,7 @@ def test_rasterize_hand_made_triangles():
 
 def test_rasterize_perspective_correct_on_slanted_plane():
     v_tgt, _, f, cam, _ = _scene(12, size=(30, 30))
-    r = ops.rasterize(v_tgt, f, cam)
+    r = ops.rasterize(v_tgt, f, cam, backend="reference")
     tri = v_tgt[0][f][r.face_id[0][r.mask[0]]]
     hit = (r.bary[0][r.mask[0]][:, :, None] * tri).sum(1)        # world point from barycentrics
     uv, z = cam.project(hit[None])
@@ -176,7 +176,7 @@ def test_rasterize_perspective_correct_on_slanted_plane():
 
 def test_identity_gives_zero_flow():
     v_tgt, _, f, cam, _ = _scene(21)
-    flow = ops.flow_encode(v_tgt, v_tgt.clone(), f, cam, n_samples=5)
+    flow = ops.flow_encode(v_tgt, v_tgt.clone(), f, cam, n_samples=5, backend="reference")
     assert flow.shape == (1, 15, cam.height, cam.width)
     assert flow.abs().max() < 1e-12
 
@@ -187,8 +187,8 @@ def test_rigid_motion_gives_rigid_displacement(dtype, tol):
     R = random_rotation(gen, 40, dtype=dtype)
     t = torch.tensor([0.03, -0.02, 0.05], dtype=dtype)
     v_src = v_tgt @ R.T + t
-    flow, aux = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=4, return_aux=True)
-    p = aux["points"].reshape(-1, 3)
+    flow, aux = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=4, return_aux=True, backend="reference")
+    p = aux.points.reshape(-1, 3)
     expect_world = p @ R.T + t - p
     expect_cam = expect_world @ cam.world_to_cam[:3, :3].T.to(dtype)
     got = flow.view(1, 4, 3, cam.height, cam.width).permute(0, 1, 3, 4, 2).reshape(-1, 3)
@@ -199,10 +199,10 @@ def test_rigid_motion_gives_rigid_displacement(dtype, tol):
 def test_sample_depths_and_layout():
     v_tgt, v_src, f, cam, _ = _scene(23)
     N, delta = 6, 0.004
-    flow, aux = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=N, delta=delta, return_aux=True)
-    mask, depth = aux["mask"][0], aux["depth"][0]
+    flow, aux = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=N, delta=delta, return_aux=True, backend="reference")
+    mask, depth = aux.mask[0], aux.depth[0]
     assert mask.any() and (~mask).any()
-    z = cam.world_to_camera(aux["points"].reshape(1, -1, 3)).view(N, cam.height, cam.width, 3)[..., 2]
+    z = cam.world_to_camera(aux.points.reshape(1, -1, 3)).view(N, cam.height, cam.width, 3)[..., 2]
     n = torch.arange(N, dtype=z.dtype).view(N, 1, 1)
     head = depth - delta + 2 * delta * n / (N - 1)
     assert torch.allclose(z[:, mask], head.expand(N, *mask.shape)[:, mask], atol=1e-12)
@@ -210,12 +210,12 @@ def test_sample_depths_and_layout():
     bg = zv.min() + (zv.max() - zv.min()) * n / (N - 1)
     assert torch.allclose(z[:, ~mask], bg.expand(N, *mask.shape)[:, ~mask], atol=1e-12)
     # Each sample point lies on its pixel's ray.
-    uv, _ = cam.project(aux["points"].reshape(1, -1, 3))
+    uv, _ = cam.project(aux.points.reshape(1, -1, 3))
     ys, xs = torch.meshgrid(torch.arange(cam.height), torch.arange(cam.width), indexing="ij")
     centre = torch.stack([xs, ys], -1).double() + 0.5
     assert torch.allclose(uv.view(N, cam.height, cam.width, 2), centre.expand(N, -1, -1, -1), atol=1e-9)
     # Layout: F[b, 3n + c, y, x] = R_w2c (p_src - p)[c].
-    disp = (aux["p_src"] - aux["points"])[0] @ cam.world_to_cam[:3, :3].T
+    disp = (aux.p_src - aux.points)[0] @ cam.world_to_cam[:3, :3].T
     for k in range(N):
         for c in range(3):
             assert torch.equal(flow[0, 3 * k + c], disp[k, ..., c])
@@ -223,25 +223,26 @@ def test_sample_depths_and_layout():
 
 def test_single_sample_and_uniform_sampling():
     v_tgt, v_src, f, cam, _ = _scene(24)
-    _, aux1 = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=1, return_aux=True)
-    z1 = cam.world_to_camera(aux1["points"].reshape(1, -1, 3))[0, :, 2].view(cam.height, cam.width)
-    m = aux1["mask"][0]
-    assert torch.allclose(z1[m], aux1["depth"][0][m], atol=1e-12)
+    _, aux1 = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=1, return_aux=True, backend="reference")
+    z1 = cam.world_to_camera(aux1.points.reshape(1, -1, 3))[0, :, 2].view(cam.height, cam.width)
+    m = aux1.mask[0]
+    assert torch.allclose(z1[m], aux1.depth[0][m], atol=1e-12)
     _, aux2 = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=3, near=0.3, far=1.2, sampling="uniform",
-                              return_aux=True)
-    z2 = cam.world_to_camera(aux2["points"].reshape(1, -1, 3))[0, :, 2].view(3, cam.height, cam.width)
+                              return_aux=True, backend="reference")
+    z2 = cam.world_to_camera(aux2.points.reshape(1, -1, 3))[0, :, 2].view(3, cam.height, cam.width)
     for k, d in enumerate([0.3, 0.75, 1.2]):
         assert torch.allclose(z2[k], torch.full_like(z2[k], d), atol=1e-12)
-    _, aux3 = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=1, near=0.3, far=1.2, return_aux=True)
-    z3 = cam.world_to_camera(aux3["points"].reshape(1, -1, 3))[0, :, 2].view(cam.height, cam.width)
-    assert torch.allclose(z3[~aux3["mask"][0]], torch.full_like(z3[~aux3["mask"][0]], 0.75), atol=1e-12)
+    _, aux3 = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=1, near=0.3, far=1.2, return_aux=True,
+                              backend="reference")
+    z3 = cam.world_to_camera(aux3.points.reshape(1, -1, 3))[0, :, 2].view(cam.height, cam.width)
+    assert torch.allclose(z3[~aux3.mask[0]], torch.full_like(z3[~aux3.mask[0]], 0.75), atol=1e-12)
 
 
 def test_surface_field_matches_definition_and_float32():
     v_tgt, v_src, f, cam, gen = _scene(25)
     pts = v_tgt[0][torch.randint(0, v_tgt.shape[1], (500,), generator=gen)] + 0.01 * torch.randn(
         500, 3, generator=gen, dtype=torch.float64)
-    sf = ops.surface_field(pts[None], v_tgt, v_src, f)
+    sf = ops.surface_field(pts[None], v_tgt, v_src, f, backend="reference")
     face_bf, _ = nearest_faces_brute_force(pts, v_tgt[0][f])
     assert torch.equal(sf.face_id[0], face_bf)
     tt, ts = v_tgt[0][f][face_bf], v_src[0][f][face_bf]
@@ -253,7 +254,7 @@ def test_surface_field_matches_definition_and_float32():
     p_back = (sf.bary[0][:, :, None] * tt).sum(1) + sf.offset[0][:, None] * n_t
     assert (p_back - pts).abs().max() < 1e-12
     assert (sf.p_src[0] - ((sf.bary[0][:, :, None] * ts).sum(1) + sf.offset[0][:, None] * n_s)).abs().max() < 1e-12
-    sf32 = ops.surface_field(pts[None].float(), v_tgt.float(), v_src.float(), f)
+    sf32 = ops.surface_field(pts[None].float(), v_tgt.float(), v_src.float(), f, backend="reference")
     ok = sf32.face_id == sf.face_id
     assert ok.float().mean() > 0.95
     assert (sf32.p_src[ok] - sf.p_src[ok].float()).abs().max() < 1e-5
@@ -268,11 +269,11 @@ def test_surface_field_matches_definition_and_float32():
 
 def test_float32_matches_float64_flow():
     v_tgt, v_src, f, cam, _ = _scene(26)
-    f64, aux = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=4, return_aux=True)
+    f64, aux = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=4, return_aux=True, backend="reference")
     f32, aux32 = ops.flow_encode(v_tgt.float(), v_src.float(), f, cam.to(dtype=torch.float32), n_samples=4,
-                                 return_aux=True)
-    mask_same = (aux["mask"] == aux32["mask"])[:, None]
-    same = (aux["sample_face_id"] == aux32["sample_face_id"]) & mask_same
+                                 return_aux=True, backend="reference")
+    mask_same = (aux.mask == aux32.mask)[:, None]
+    same = (aux.sample_face_id == aux32.sample_face_id) & mask_same
     assert mask_same.float().mean() > 0.97                 # only silhouette pixels may flip
     assert same.float().mean() > 0.85
     same3 = same.repeat_interleave(3, dim=1)
@@ -280,12 +281,12 @@ def test_float32_matches_float64_flow():
     # Every other sample with the same mask is a distance tie between the two faces.
     from fgp_fast.ops.geometry import point_triangle_dist2
     flip = ~same & mask_same
-    p = aux["points"][flip]
-    ta, tb = v_tgt[0][f][aux["sample_face_id"][flip]], v_tgt[0][f][aux32["sample_face_id"][flip]]
+    p = aux.points[flip]
+    ta, tb = v_tgt[0][f][aux.sample_face_id[flip]], v_tgt[0][f][aux32.sample_face_id[flip]]
     da = point_triangle_dist2(p, ta[:, 0], ta[:, 1], ta[:, 2]).sqrt()
     db = point_triangle_dist2(p, tb[:, 0], tb[:, 1], tb[:, 2]).sqrt()
     assert ((da - db).abs() < 1e-6).all()
-    half = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=4, dtype=torch.float16)
+    half = ops.flow_encode(v_tgt, v_src, f, cam, n_samples=4, dtype=torch.float16, backend="reference")
     assert half.dtype == torch.float16 and torch.isfinite(half).all()
 
 
@@ -296,9 +297,9 @@ def test_batch_equals_single_calls_and_batched_camera():
                  a[3].height, a[3].width)
     v_tgt = torch.cat([a[0], b[0][:, :a[0].shape[1]]])
     v_src = torch.cat([a[1], b[1][:, :a[1].shape[1]]])
-    flow = ops.flow_encode(v_tgt, v_src, a[2], cam, n_samples=3)
+    flow = ops.flow_encode(v_tgt, v_src, a[2], cam, n_samples=3, backend="reference")
     for i, s in enumerate([a, b]):
-        single = ops.flow_encode(v_tgt[i:i + 1], v_src[i:i + 1], a[2], s[3], n_samples=3)
+        single = ops.flow_encode(v_tgt[i:i + 1], v_src[i:i + 1], a[2], s[3], n_samples=3, backend="reference")
         assert torch.equal(flow[i:i + 1], single)
 
 
@@ -355,7 +356,7 @@ def test_bad_inputs_raise_clear_errors(case):
     args.update({k: v for k, v in change.items() if k in args})
     kwargs = {k: v for k, v in change.items() if k not in args}
     with pytest.raises(exc, match=match):
-        ops.flow_encode(**args, **kwargs)
+        ops.flow_encode(**args, **kwargs, backend="reference")
 
 
 def test_camera_rejects_empty_image_and_bad_matrices():
@@ -375,18 +376,19 @@ def test_mesh_behind_camera_needs_explicit_range():
     w2c[2, 3] -= 10.0
     cam_behind = Camera(cam.K, w2c, 6, 6)
     with pytest.raises(ValueError, match="in front of the camera"):
-        ops.flow_encode(v_tgt, v_src, f, cam_behind)
-    flow = ops.flow_encode(v_tgt, v_src, f, cam_behind, n_samples=2, near=0.1, far=1.0)
+        ops.flow_encode(v_tgt, v_src, f, cam_behind, backend="reference")
+    flow = ops.flow_encode(v_tgt, v_src, f, cam_behind, n_samples=2, near=0.1, far=1.0, backend="reference")
     assert torch.isfinite(flow).all()
 
 
 def test_surface_field_and_rasterize_validate():
     v_tgt, v_src, f, cam, _ = _scene(33, size=(6, 6))
     with pytest.raises(ValueError, match="points must have shape"):
-        ops.surface_field(torch.zeros(2, 5, 3, dtype=torch.float64), v_tgt, v_src, f)
+        ops.surface_field(torch.zeros(2, 5, 3, dtype=torch.float64), v_tgt, v_src, f, backend="reference")
     with pytest.raises(ValueError, match="NaN"):
-        ops.surface_field(torch.full((1, 5, 3), float("nan"), dtype=torch.float64), v_tgt, v_src, f)
+        ops.surface_field(torch.full((1, 5, 3), float("nan"), dtype=torch.float64), v_tgt, v_src, f,
+                          backend="reference")
     with pytest.raises(TypeError, match="points are"):
-        ops.surface_field(torch.zeros(1, 5, 3), v_tgt, v_src, f)
+        ops.surface_field(torch.zeros(1, 5, 3), v_tgt, v_src, f, backend="reference")
     with pytest.raises(ValueError, match="faces index vertices"):
-        ops.rasterize(v_tgt, f + 1000, cam)
+        ops.rasterize(v_tgt, f + 1000, cam, backend="reference")

@@ -71,7 +71,7 @@ class DevTools:
 
 @pytest.fixture()
 def browser_page(tmp_path):
-    from fgp_fast.stream.clip import driver_clip
+    from fgp_fast.samples import driver_clip
     from fgp_fast.stream.server import BackgroundServer, ServerConfig
 
     write_y4m(driver_clip(256, 50, 25.0), tmp_path / "clip.y4m")

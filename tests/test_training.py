@@ -34,13 +34,13 @@ VIDEO = 160     # rendered video size
 def _render_clips(root, frames: int = 6) -> dict:
     """Write good0.mp4, good1.mp4 (``frames`` frames) and short.mp4 (2) of the textured astronaut head;
     returns each clip's known head rotations (T, 3, 3)."""
-    from fgp_fast.commands.demo import astronaut_portrait
+    from fgp_fast.samples import astronaut_portrait
     from fgp_fast.fitting import fit_image
     from fgp_fast.fitting.result import NECK
     from fgp_fast.heads import axis_angle_to_matrix, euler_to_matrix, load_head_model, matrix_to_axis_angle
     from fgp_fast.landmarks import detect_image
     from fgp_fast.render import bake_texture, render_textured
-    from fgp_fast.video import VideoWriter
+    from fgp_fast.media import VideoWriter
 
     photo, _ = astronaut_portrait(VIDEO)
     head = load_head_model("ict")
@@ -78,7 +78,7 @@ def synthetic(tmp_path_factory):
     """(video directory, known rotations): the rendered clips plus a face-less and a corrupt video."""
     root = tmp_path_factory.mktemp("videos")
     known = _render_clips(root)
-    from fgp_fast.video import VideoWriter
+    from fgp_fast.media import VideoWriter
 
     with VideoWriter(root / "noface.mp4", 10, VIDEO, VIDEO) as w:
         for i in range(6):

@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..cli import CLIError
-from .animate import Portrait, resize, write_video
+from .common import ProgressBar
 
 # Changes from the portrait's own expression; angles in degrees from its pose.
 DEMO_SCRIPT = {
@@ -41,30 +40,16 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def astronaut_portrait(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The astronaut photo cropped square around the face and resized to ``size``; also the landmarks."""
-    from skimage import data
-
-    from ..landmarks import detect_image
-
-    image = data.astronaut()
-    lm = detect_image(image, "skimage.data.astronaut()")
-    centre = (lm.min(0) + lm.max(0)) / 2
-    half = int(1.3 * float((lm.max(0) - lm.min(0)).max()))
-    H, W = image.shape[:2]
-    x0 = int(np.clip(centre[0] - half, 0, W - 2 * half))
-    y0 = int(np.clip(centre[1] - 1.1 * half, 0, H - 2 * half))
-    return resize(image[y0:y0 + 2 * half, x0:x0 + 2 * half], size, size), lm
-
-
-def contact_sheet(frames: list[np.ndarray], columns: int = 4) -> torch.Tensor:
+def contact_sheet(frames: list[np.ndarray], columns: int = 4) -> np.ndarray:
     rows = [np.concatenate(frames[i:i + columns], 1) for i in range(0, len(frames), columns)]
-    return torch.from_numpy(np.concatenate(rows, 0)).permute(2, 0, 1).float() / 255
+    return np.concatenate(rows, 0)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..driving import script_motion
-    from ..imageio import save_png
+    from ..media import save_png
+    from ..motion import script_motion
+    from ..portrait import Portrait
+    from ..samples import astronaut_portrait
 
     if args.size % 2 or not 64 <= args.size <= 2048:
         raise CLIError(f"--size must be even and in [64, 2048], got {args.size}")
@@ -77,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     portrait = Portrait(image, "the astronaut portrait")
     motion, fps = script_motion(DEMO_SCRIPT, portrait.motion(), portrait.head.expression_names, "demo script")
     video = args.out / "demo.mp4"
-    n = write_video(portrait, motion, fps, video)
+    n = portrait.write_video(motion, video, fps, progress=ProgressBar())
     picks = np.linspace(0, n - 1, SHEET_FRAMES).round().astype(int)
     sheet = save_png(contact_sheet([portrait.render(motion, int(i)) for i in picks]), args.out / "contact_sheet.png")
     print(f"wrote {video} ({n} frames, {fps:g} fps, {args.size}x{args.size}) and {sheet}; "

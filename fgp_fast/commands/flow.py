@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..cli import CLIError
-from .edits import parse_expressions
+from .common import edit_args
 
 
 def add_parser(sub) -> None:
@@ -18,7 +16,8 @@ def add_parser(sub) -> None:
                        description="Encode the 3D flow from the neutral bundled ICT head (source) to the "
                                    "head with the given expression and head rotation (target).")
     p.add_argument("--expr", action="append", default=[], metavar="NAME=VALUE",
-                   help="target expression channel in [0, 1], e.g. jawOpen=0.8 (repeatable)")
+                   help="an edit of the neutral head: expression channel in [0, 1], e.g. jawOpen=0.8 "
+                        "(repeatable; the edit grammar of `fgp animate --edit`)")
     p.add_argument("--yaw", type=float, default=0.0, help="head yaw in degrees (neck rotation)")
     p.add_argument("--pitch", type=float, default=0.0, help="head pitch in degrees (neck rotation)")
     p.add_argument("--roll", type=float, default=0.0, help="head roll in degrees (neck rotation)")
@@ -31,32 +30,27 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _target_params(head, exprs: dict, yaw: float, pitch: float, roll: float):
-    from ..heads import euler_to_matrix, matrix_to_axis_angle
+def _target_params(head, edits):
+    """The neutral head (source) and the head with the edits (target)."""
+    from ..motion import Motion, apply_edits
 
     src = head.neutral_params(1)
-    tgt = src.with_expression(**exprs) if exprs else src.clone()
-    for name, value in (("yaw", yaw), ("pitch", pitch), ("roll", roll)):
-        if not math.isfinite(value) or abs(value) > 90:
-            raise CLIError(f"--{name} must be within [-90, 90] degrees, got {value}")
-    neck = matrix_to_axis_angle(euler_to_matrix(torch.tensor([yaw]), torch.tensor([pitch]), torch.tensor([roll])))
-    pose = tgt.pose.clone()
-    pose[:, 3:6] = neck.to(pose.dtype)
-    return src, tgt.replace(pose=pose)
+    neutral = Motion(np.zeros((1, 3), np.float32), src.expression.numpy().copy())
+    return src, apply_edits(neutral, edits, head.expression_names).head_params(src, 0)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import ops
     from ..camera import Camera
     from ..heads import load_head_model
-    from ..imageio import colormap, save_png
+    from ..media import colormap, save_png
     from ..render import procedural_texture, render_textured, warp_render
 
     if args.size < 8 or args.size > 4096:
         raise CLIError(f"--size must be in [8, 4096], got {args.size}")
     head = load_head_model("ict")
-    exprs = parse_expressions(args.expr, head.expression_names)
-    src, tgt = _target_params(head, exprs, args.yaw, args.pitch, args.roll)
+    angles = [f"{name}={getattr(args, name)!r}" for name in ("yaw", "pitch", "roll") if getattr(args, name)]
+    src, tgt = _target_params(head, edit_args(args.expr + angles, head.expression_names))
     v_src, v_tgt = head(src), head(tgt)
     faces = head.faces
     camera = Camera.frame_head(v_src[0], args.size)
@@ -69,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     flow, aux = ops.flow_encode(v_tgt, v_src, faces, camera, n_samples=args.samples, delta=args.delta,
                                 sampling=args.sampling, backend=args.backend, return_aux=True)
     seconds = time.perf_counter() - start
-    mask = aux["mask"][0]
+    mask = aux.mask[0]
     N = args.samples
     magnitude = flow[0].view(N, 3, args.size, args.size).norm(dim=1).mean(0)
 
@@ -79,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     warped = warp_render(src_img, v_src, v_tgt, faces, camera).image
 
     out = args.out
-    save_png(colormap(aux["depth"][0], mask), out / "depth.png")
+    save_png(colormap(aux.depth[0], mask), out / "depth.png")
     save_png(colormap(magnitude * 1000, vmin=0.0), out / "flow_magnitude.png")
     save_png(src_img, out / "source.png")
     save_png(tgt_img, out / "target.png")

@@ -23,15 +23,17 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.prepare import prepare
+    from ..data.prepare import PrepareSettings, prepare
+    from ..errors import InputError
 
-    if args.size < 8 or args.size % 8:
-        raise CLIError(f"--size must be a positive multiple of 8, got {args.size}")
-    if args.min_frames < 2:
-        raise CLIError(f"--min-frames must be >= 2, got {args.min_frames}")
+    settings = PrepareSettings(size=args.size, min_frames=args.min_frames, max_frames=args.max_frames,
+                               margin=args.margin, fit_steps=args.fit_steps)
     try:
-        report = prepare(args.videos, args.out, size=args.size, min_frames=args.min_frames,
-                         max_frames=args.max_frames, margin=args.margin, fit_steps=args.fit_steps)
+        settings.check()
+    except InputError as exc:  # name the flag, not the field
+        raise CLIError("--" + str(exc).replace("_", "-", 1)) from None
+    try:
+        report = prepare(args.videos, args.out, settings)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
     print(f"{len(report.prepared)} clip(s) prepared, {len(report.reused)} already done, "

@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .animate import load_diffusion_renderer
+    from .common import load_renderer
 
     try:
         import uvicorn
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [o for o in args.allow_origin if normalise_origin(o) is None]
     if bad:
         raise CLIError(f"--allow-origin takes http(s)://host[:port], got {', '.join(map(repr, bad))}")
-    diffusion = load_diffusion_renderer(args) if args.renderer == "diffusion" else None
+    diffusion = load_renderer(args) if args.renderer == "diffusion" else None
     # The diffusion renderer holds one source at a time, so it serves one session.
     max_sessions = 1 if diffusion is not None else args.max_sessions
     config = ServerConfig(size=args.size, mode=args.mode, token=token, host=args.host,

@@ -28,13 +28,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .animate import check_output
+    from .common import check_output
 
     try:
         from ..stream.client import Client, ServerError, stream_frames
     except ImportError as exc:
         raise CLIError(f"fgp stream needs the 'websockets' package (pip install -e '.[serve]'): {exc}") from None
-    from ..video import VideoWriter, read_video
+    from ..media import VideoWriter, read_video
 
     check_output(args.out)
     edits = _edits(args.edit)

@@ -1,21 +1,59 @@
-"""Videos -> training dataset (layout: see ``fgp_fast.data``). Bad clips are skipped and reported."""
+"""Videos -> training dataset (layout: see ``fgp_fast.data``). Bad clips are skipped and reported.
+
+The per-clip work is one function, :func:`prepare_clip` (a video in, a finished clip folder and
+its manifest entry out), so that it can run in worker processes; :func:`prepare` walks a folder,
+resumes finished clips and keeps the manifest.
+"""
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from ..errors import InputError
 
-__all__ = ["VIDEO_EXTENSIONS", "PrepareReport", "prepare"]
+__all__ = ["VIDEO_EXTENSIONS", "PrepareReport", "PrepareSettings", "prepare", "prepare_clip"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    size: int = 512               # training resolution (square, a multiple of 8)
+    min_frames: int = 8           # shorter clips are skipped
+    max_frames: int = 0           # keep at most this many frames per clip (0: all)
+    margin: float = 1.8           # crop side / the face's landmark extent over the clip
+    fit_steps: int | None = None  # fitter iterations (None: the fitter's default)
+    min_tracked: float = 0.5      # fraction of frames that must have a face
+
+    def check(self) -> None:
+        if not isinstance(self.size, int) or self.size < 8 or self.size % 8:
+            raise InputError(f"size must be a positive multiple of 8, got {self.size}")
+        if not isinstance(self.min_frames, int) or self.min_frames < 2:
+            raise InputError(f"min_frames must be an integer >= 2, got {self.min_frames}")
+        if not isinstance(self.max_frames, int) or self.max_frames < 0:
+            raise InputError(f"max_frames must be an integer >= 0 (0: all frames), got {self.max_frames}")
+        if self.max_frames and self.max_frames < self.min_frames:
+            raise InputError(f"max_frames ({self.max_frames}) is below min_frames ({self.min_frames}): "
+                             f"every clip would be skipped")
+        if not (isinstance(self.margin, (int, float)) and 1.0 <= self.margin <= 10.0):
+            raise InputError(f"margin must be in [1, 10], got {self.margin}")
+        if self.fit_steps is not None and (not isinstance(self.fit_steps, int) or self.fit_steps < 1):
+            raise InputError(f"fit_steps must be an integer >= 1, got {self.fit_steps}")
+        if not 0.0 < self.min_tracked <= 1.0:
+            raise InputError(f"min_tracked must be in (0, 1], got {self.min_tracked}")
+
+    def fit_settings(self):
+        from ..fitting import FitSettings
+
+        if self.fit_steps is None:
+            return FitSettings()
+        return FitSettings(steps=self.fit_steps, rigid_steps=min(60, self.fit_steps))
 
 
 @dataclass
@@ -26,83 +64,58 @@ class PrepareReport:
 
 
 def _clip_name(video: Path, root: Path) -> str:
+    import re
+
     rel = video.relative_to(root).with_suffix("")
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(rel).replace(os.sep, "__"))
 
 
-def _crop_box(landmarks: np.ndarray, height: int, width: int, margin: float) -> tuple[int, int, int]:
-    """One square box (x0, y0, side) that holds the face in every frame of the clip."""
-    lo, hi = landmarks.reshape(-1, 2).min(0), landmarks.reshape(-1, 2).max(0)
-    centre = (lo + hi) / 2
-    side = round(float((hi - lo).max()) * margin)
-    side = max(8, min(side, height, width))
-    x0 = int(np.clip(round(centre[0] - side / 2), 0, width - side))
-    y0 = int(np.clip(round(centre[1] - side / 2 - 0.05 * side), 0, height - side))
-    return x0, y0, side
+def prepare_clip(video: str | os.PathLike, out_dir: str | os.PathLike, settings: PrepareSettings) -> dict:
+    """One video -> the finished clip folder ``out_dir`` (written atomically) -> its clip.json entry.
 
+    Raises InputError (or OSError) with the reason when the video is unusable: unreadable, too
+    short, or without a face in enough frames.
+    """
+    from ..fitting import detect_landmarks, fit_landmarks
+    from ..landmarks import face_box
+    from ..media import atomic_write, read_video, resize
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    if image.shape[:2] == (size, size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
-
-
-def _prepare_clip(video: Path, out: Path, size: int, min_frames: int, max_frames: int, margin: float,
-                  fit_settings, min_tracked: float) -> dict:
-    """Raises ValueError with the reason when the clip is unusable."""
-    from ..fitting import fill_gaps, fit_sequence
-    from ..heads import load_head_model
-    from ..landmarks import FaceLandmarker
-    from ..video import read_video
-
-    frames, fps = read_video(video)  # ValueError on a corrupt file
-    frames = frames[:max_frames] if max_frames else frames
-    if len(frames) < min_frames:
-        raise InputError(f"too short: {len(frames)} frames < {min_frames}")
+    video, out_dir = Path(video), Path(out_dir)
+    frames, fps = read_video(video)
+    frames = frames[:settings.max_frames] if settings.max_frames else frames
+    if len(frames) < settings.min_frames:
+        raise InputError(f"too short: {len(frames)} frames < {settings.min_frames}")
     H, W = frames[0].shape[:2]
-    with FaceLandmarker(video=True) as lm:
-        found = [lm.face(f) for f in frames]
-    tracked = np.array([f is not None for f in found])
-    if not tracked.any():
-        raise InputError("no face found")
-    if tracked.mean() < min_tracked:
+    obs, tracked = detect_landmarks(frames, name=str(video))
+    if tracked.mean() < settings.min_tracked:
         raise InputError(f"face found in only {tracked.sum()} of {len(frames)} frames")
-    obs = np.stack([f if f is not None else np.zeros_like(found[int(np.argmax(tracked))]) for f in found])
-    x0, y0, side = _crop_box(obs[tracked], H, W, margin)
-    crops = np.stack([_resize(f[y0:y0 + side, x0:x0 + side], size) for f in frames])
+    x0, y0, side = face_box(obs[tracked], H, W, settings.margin)
+    size = settings.size
+    crops = np.stack([resize(f[y0:y0 + side, x0:x0 + side], size, size) for f in frames])
     obs_crop = ((obs - np.float32([x0, y0])) * (size / side)).astype(np.float32)
-    fit = fit_sequence(load_head_model("ict"), obs_crop, size, size, tracked, fit_settings)
-    if not tracked.all():
-        fit, _ = fill_gaps(fit)
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "frames.npy", crops)
-    fit.save(tmp / "params.npz")
+    fit = fit_landmarks(obs_crop, tracked, size, size, settings=settings.fit_settings())
     info = {"video": str(video), "box": [x0, y0, side], "frames": len(frames), "fps": fps,
             "tracked": int(tracked.sum())}
-    (tmp / "clip.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_write(out_dir, directory=True) as tmp:
+        np.save(tmp / "frames.npy", crops)
+        fit.save(tmp / "params.npz")
+        (tmp / "clip.json").write_text(json.dumps(info, indent=2))
     return info
 
 
-def prepare(videos: str | os.PathLike, out: str | os.PathLike, size: int = 512, min_frames: int = 8,
-            max_frames: int = 0, margin: float = 1.8, fit_steps: int | None = None, min_tracked: float = 0.5,
-            log: Callable[[str], None] = print) -> PrepareReport:
-    """Prepare every video under ``videos`` into ``out``; returns what was done. Resumable."""
-    from ..fitting import FitSettings
+def prepare(videos: str | os.PathLike, out: str | os.PathLike, settings: PrepareSettings | None = None,
+            log: Callable[[str], None] = print, **options) -> PrepareReport:
+    """Prepare every video under ``videos`` into ``out``; returns what was done. Resumable.
 
+    ``settings`` (or its fields as keyword ``options``): see :class:`PrepareSettings`.
+    """
+    settings = settings or PrepareSettings(**options)
+    settings.check()
     videos, out = Path(videos), Path(out)
     if not videos.is_dir():
         raise FileNotFoundError(f"video directory not found: {videos}")
-    if size % 8:
-        raise InputError(f"size must be a multiple of 8, got {size}")
     files = sorted(p for p in videos.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
     (out / "clips").mkdir(parents=True, exist_ok=True)
-    settings = FitSettings() if fit_steps is None else FitSettings(steps=fit_steps, rigid_steps=min(60, fit_steps))
     report = PrepareReport()
     clips = []
     for i, video in enumerate(files):
@@ -113,7 +126,7 @@ def prepare(videos: str | os.PathLike, out: str | os.PathLike, size: int = 512, 
             report.reused.append(name)
         else:
             try:
-                info = _prepare_clip(video, target, size, min_frames, max_frames, margin, settings, min_tracked)
+                info = prepare_clip(video, target, settings)
             except (ValueError, FileNotFoundError, OSError) as exc:
                 report.skipped.append({"video": str(video), "reason": str(exc)})
                 log(f"[{i + 1}/{len(files)}] skipped {video}: {exc}")
@@ -121,12 +134,13 @@ def prepare(videos: str | os.PathLike, out: str | os.PathLike, size: int = 512, 
             report.prepared.append(name)
             log(f"[{i + 1}/{len(files)}] {name}: {info['frames']} frames")
         clips.append({"name": name, "frames": info["frames"], "fps": info["fps"], "video": info["video"]})
-        _write_manifest(out, size, clips, report.skipped)  # after every clip: an interrupted run keeps its work
-    _write_manifest(out, size, clips, report.skipped)
+        _write_manifest(out, settings.size, clips, report.skipped)  # after every clip: an interrupted run keeps its work
+    _write_manifest(out, settings.size, clips, report.skipped)
     return report
 
 
 def _write_manifest(out: Path, size: int, clips: list, skipped: list) -> None:
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"version": 1, "size": size, "clips": clips, "skipped": skipped}, indent=2))
-    os.replace(tmp, out / MANIFEST)
+    from ..media import atomic_write
+
+    with atomic_write(out / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"version": 1, "size": size, "clips": clips, "skipped": skipped}, indent=2))

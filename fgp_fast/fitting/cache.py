@@ -14,7 +14,7 @@ from .result import FitResult
 
 __all__ = ["cache_dir", "cached_fit", "file_digest"]
 
-_VERSION = "1"  # bump when the fitter's output changes for the same inputs
+_VERSION = "2"  # bump when the fitter's output changes for the same inputs
 
 
 def cache_dir() -> Path:

@@ -10,11 +10,10 @@ import numpy as np
 import torch
 
 from ..camera import Camera
-from ..heads import HeadModel, HeadParams, axis_angle_to_matrix, matrix_to_euler
+from ..heads import NECK, HeadModel, HeadParams, axis_angle_to_euler
 
 __all__ = ["FitResult", "camera_for", "NECK"]
 
-NECK = slice(3, 6)  # the fitted head rotation drives the neck joint, so shoulders stay put
 # Camera at the origin looking down -z of head space: OpenCV frame = (x, -y, -z).
 _FLIP = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
 
@@ -60,17 +59,16 @@ class FitResult:
 
     def euler(self) -> np.ndarray:
         """(T, 3) head yaw, pitch, roll in degrees."""
-        R = axis_angle_to_matrix(torch.from_numpy(np.asarray(self.rotation, np.float64)))
-        return torch.stack(matrix_to_euler(R), -1).numpy()
+        return axis_angle_to_euler(torch.from_numpy(np.asarray(self.rotation, np.float64))).numpy()
 
     def replace(self, **fields) -> FitResult:
         return dataclasses.replace(self, **fields)
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
-        os.replace(tmp, path)
+        from ..media.atomic import atomic_write
+
+        with atomic_write(Path(path)) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
+            np.savez(fh, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FitResult:

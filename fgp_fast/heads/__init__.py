@@ -4,13 +4,15 @@ from __future__ import annotations
 from .base import HeadModel
 from .flame import FLAMEHead, convert_flame_to_npz
 from .ict import ICTHead
-from .params import HeadParams
-from .rotation import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle, matrix_to_euler
+from .params import NECK, HeadParams
+from .rotation import (axis_angle_to_euler, axis_angle_to_matrix, euler_to_axis_angle, euler_to_matrix,
+                       matrix_to_axis_angle, matrix_to_euler)
 from ..errors import InputError
 
 __all__ = [
     "HeadModel",
     "HeadParams",
+    "NECK",
     "ICTHead",
     "FLAMEHead",
     "load_head_model",
@@ -19,6 +21,8 @@ __all__ = [
     "matrix_to_axis_angle",
     "euler_to_matrix",
     "matrix_to_euler",
+    "axis_angle_to_euler",
+    "euler_to_axis_angle",
     "HEAD_MODELS",
 ]
 

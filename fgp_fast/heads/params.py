@@ -7,8 +7,11 @@ from dataclasses import dataclass
 import torch
 from ..errors import InputError, InputTypeError
 
-__all__ = ["HeadParams", "as_device"]
+__all__ = ["HeadParams", "NECK", "as_device"]
 
+# Pose columns of the neck joint (ICT: global then neck; FLAME: global, neck, jaw, eyes). Fitted and
+# driven head rotations go here, so the head turns and the shoulders stay.
+NECK = slice(3, 6)
 _TENSOR_FIELDS = ("shape", "expression", "pose", "translation")
 
 

@@ -20,6 +20,8 @@ __all__ = [
     "matrix_to_axis_angle",
     "euler_to_matrix",
     "matrix_to_euler",
+    "axis_angle_to_euler",
+    "euler_to_axis_angle",
 ]
 
 # Below this angle the closed forms divide by ~0; their Taylor series are exact to rounding there.
@@ -133,3 +135,15 @@ def matrix_to_euler(matrix: torch.Tensor, degrees: bool = True):
     if degrees:
         return tuple(t * (180.0 / math.pi) for t in (yaw, pitch, roll))
     return yaw, pitch, roll
+
+
+def axis_angle_to_euler(axis_angle: torch.Tensor, degrees: bool = True) -> torch.Tensor:
+    """(..., 3) axis * angle -> (..., 3) (yaw, pitch, roll), the inverse of :func:`euler_to_axis_angle`."""
+    return torch.stack(matrix_to_euler(axis_angle_to_matrix(axis_angle), degrees), -1)
+
+
+def euler_to_axis_angle(angles: torch.Tensor, degrees: bool = True) -> torch.Tensor:
+    """(..., 3) (yaw, pitch, roll) -> (..., 3) axis * angle of R_yaw @ R_pitch @ R_roll."""
+    if angles.shape[-1] != 3:
+        raise InputError(f"angles must have shape (..., 3) (yaw, pitch, roll), got {tuple(angles.shape)}")
+    return matrix_to_axis_angle(euler_to_matrix(*angles.unbind(-1), degrees=degrees))

@@ -1,8 +1,14 @@
 """Backend registry: the dispatch point that fused implementations plug into.
 
-A backend registers a ``flow_encode`` implementation (and optionally ``surface_field`` and
-``rasterize``) with an ``available(device) -> None | reason`` probe and a priority that ``"auto"``
-uses to pick the fastest one that can run on the inputs' device.
+A backend registers a ``flow_encode`` implementation (and optionally ``surface_field``,
+``rasterize`` and an ``encoder`` factory for ``ops.FlowEncoder``) with an
+``available(device) -> None | reason`` probe and a priority that ``"auto"`` uses to pick the
+fastest one that can run on the inputs' device.
+
+``encoder(topology, n_samples, delta, sampling)`` returns an object whose
+``encode(verts_tgt, verts_src, camera, near, far, out)`` writes the flow into ``out`` (inputs
+validated, ``near``/``far`` resolved (B,) tensors in the vertices' dtype); a backend without one
+is run through its ``flow_encode``.
 """
 from __future__ import annotations
 
@@ -21,18 +27,20 @@ class Backend:
     priority: int = 0
     surface_field: Optional[Callable] = None
     rasterize: Optional[Callable] = None
+    encoder: Optional[Callable] = None
 
 
 _BACKENDS: dict[str, Backend] = {}
 _IMPORT_ERRORS: dict[str, str] = {}
 # Backends that live in optional modules; importing the module registers them.
 _LAZY_MODULES = {"cpp": "fgp_fast.ops.native", "cuda": "fgp_fast.ops.native",
-                 "triton": "fgp_fast.kernels"}
+                 "triton": "fgp_fast.ops.triton"}
 
 
 def register_backend(name: str, *, flow_encode: Callable, available: Callable, priority: int = 0,
-                     surface_field: Callable | None = None, rasterize: Callable | None = None) -> None:
-    _BACKENDS[name] = Backend(name, flow_encode, available, priority, surface_field, rasterize)
+                     surface_field: Callable | None = None, rasterize: Callable | None = None,
+                     encoder: Callable | None = None) -> None:
+    _BACKENDS[name] = Backend(name, flow_encode, available, priority, surface_field, rasterize, encoder)
 
 
 def _load_lazy() -> None:
@@ -50,6 +58,15 @@ def _load_lazy() -> None:
 def backend_names() -> list[str]:
     _load_lazy()
     return sorted(set(_BACKENDS) | set(_LAZY_MODULES))
+
+
+def implemented_ops(name: str) -> set[str]:
+    """The ops backend ``name`` registered (whether or not it can run here); empty if unknown."""
+    _load_lazy()
+    b = _BACKENDS.get(name)
+    if b is None:
+        return set()
+    return {op for op in ("flow_encode", "surface_field", "rasterize") if getattr(b, op) is not None}
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

@@ -3,8 +3,10 @@
 The kernels are torch custom ops in the ``fgp`` namespace (``torch.ops.fgp.*``, see
 csrc/cpu/ops.cpp) with fake kernels registered here, so ``torch.compile`` and CUDA graphs can
 capture them. ``MeshBVH`` owns the BVH of one topology (built once on the CPU, refit per frame on
-the mesh's device); ``FlowEncoder`` owns a BVH plus every scratch buffer, so a per-frame call
-allocates nothing beyond its output (and nothing at all with ``out=``).
+the mesh's device); ``NativeEncoder`` (the state behind ``ops.FlowEncoder`` on these backends)
+owns a BVH plus every scratch buffer, so a per-frame call allocates nothing beyond its output.
+The stateless entry points share built BVHs through a locked cache but refit into per-call
+buffers, so they are safe to call from many threads.
 
 If the extension was not built, importing this module still works: the backends register and
 report themselves unavailable with the import error as the reason.
@@ -12,6 +14,7 @@ report themselves unavailable with the import error as the reason.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections import OrderedDict
 
 import torch
@@ -19,9 +22,11 @@ from torch import Tensor
 
 from ..camera import Camera
 from .backends import register_backend
-from .checks import MAX_SAMPLES, OUT_DTYPES, SAMPLING_MODES, check_faces, check_verts
-from .reference import Raster, SurfaceField, sample_depths
-from ..errors import BackendUnavailableError, InputError, InputTypeError
+from .checks import check_points, check_verts
+from .flow_aux import build_aux, sample_points
+from .reference import Raster, SurfaceField
+from .topology import Topology
+from ..errors import BackendUnavailableError, InputError
 
 try:
     from .. import _C  # noqa: F401  (registers torch.ops.fgp.* and their CPU kernels)
@@ -117,37 +122,63 @@ if _C is not None:
 
 
 # ---------------------------------------------------------------------------------------------
-# BVH and encoder objects
+# BVH
 
 
 def _as_batch(verts: Tensor) -> Tensor:
-    return verts[None] if verts.dim() == 2 else verts
+    return verts[None] if isinstance(verts, Tensor) and verts.dim() == 2 else verts
+
+
+class _BuiltBVH:
+    """The immutable part of a BVH: its topology and node layout (shared across threads)."""
+
+    __slots__ = ("topology", "topo", "prim", "num_vertices", "device")
+
+    def __init__(self, topology: Topology, build_verts: Tensor, num_vertices: int, leaf_size: int):
+        self.topology, self.num_vertices, self.device = topology, num_vertices, topology.device
+        build_v = build_verts.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        topo, prim = torch.ops.fgp.bvh_build(build_v, topology.faces.cpu(), leaf_size)
+        self.topo, self.prim = topo.to(self.device), prim.to(self.device)
 
 
 class MeshBVH:
     """The BVH of one triangle topology: built once (binned SAH, CPU), refit per frame.
 
-    ``faces`` (F, 3) int; ``verts`` (V, 3) or (B, V, 3) give the build positions (the first batch
-    element) and the first refit. The tree stays valid for any vertex positions; only its quality
-    depends on the build pose. Tensors live on ``verts``' device.
+    ``faces`` (F, 3) int (or a ``Topology``); ``verts`` (V, 3) or (B, V, 3) give the build
+    positions (the first batch element) and the first refit. The tree stays valid for any vertex
+    positions; only its quality depends on the build pose. Tensors live on ``verts``' device.
+    The BVH keeps private copies of the faces (validated once) and of the refit vertices, so later
+    in-place changes to the caller's tensors cannot reach the native kernels. One object is
+    stateful (refit, then query): use it from one thread at a time.
     """
 
-    def __init__(self, faces: Tensor, verts: Tensor, leaf_size: int = LEAF_SIZE):
+    def __init__(self, faces, verts: Tensor, leaf_size: int = LEAF_SIZE):
         _require_cpp()
         verts = _as_batch(verts)
         check_verts(verts)
-        check_faces(faces, verts.shape[1], verts.device)
+        topology = faces if isinstance(faces, Topology) else Topology(faces)
+        topology.check_mesh(verts.shape[1], verts.device)
         if verts.device.type == "cuda" and _C_cuda is None:
             raise BackendUnavailableError(f"MeshBVH on CUDA needs the cuda backend: {_CUDA_ERROR}")
-        self.device = verts.device
-        self.num_vertices = verts.shape[1]
-        self.faces = faces.to(dtype=torch.int32).contiguous()
-        build_v = verts[0].detach().to(device="cpu", dtype=torch.float32).contiguous()
-        topo, prim = torch.ops.fgp.bvh_build(build_v, self.faces.cpu(), leaf_size)
-        self.topo, self.prim = topo.to(self.device), prim.to(self.device)
-        self.nodes = self.tris = self._scratch = None
-        self.verts = None
-        self.refit(verts)
+        if isinstance(leaf_size, bool) or not isinstance(leaf_size, int) or not 1 <= leaf_size <= 16:
+            raise InputError(f"leaf_size must be an int in [1, 16], got {leaf_size!r}")
+        self._init(_BuiltBVH(topology, verts[0], verts.shape[1], leaf_size), verts, validate=False)
+
+    @classmethod
+    def _from_built(cls, built: _BuiltBVH, verts: Tensor) -> "MeshBVH":
+        """A BVH with its own per-frame buffers over a shared build, refit to ``verts`` (validated)."""
+        bvh = cls.__new__(cls)
+        bvh._init(built, verts, validate=False)
+        return bvh
+
+    def _init(self, built: _BuiltBVH, verts: Tensor, validate: bool) -> None:
+        self._built = built
+        self.device = built.device
+        self.num_vertices = built.num_vertices
+        self.faces = built.topology.faces
+        self.topo, self.prim = built.topo, built.prim
+        self.nodes = self.tris = self._scratch = self.verts = None
+        self.refit(verts, validate=validate)
 
     @property
     def num_faces(self) -> int:
@@ -159,149 +190,91 @@ class MeshBVH:
 
     def _ensure(self, B: int) -> None:
         if self.nodes is None or self.nodes.shape[0] != B:
-            M, F = self.num_nodes, self.num_faces
+            M, F, V = self.num_nodes, self.num_faces, self.num_vertices
             self.nodes = torch.empty((B, M, 8), dtype=torch.float32, device=self.device)
             self.tris = torch.empty((B, F, 12), dtype=torch.float32, device=self.device)
             self._scratch = torch.empty((B, M), dtype=torch.int32, device=self.device)
+            self.verts = torch.empty((B, V, 3), dtype=torch.float32, device=self.device)
 
     def refit(self, verts: Tensor, validate: bool = True) -> "MeshBVH":
-        """Move the boxes to new vertex positions (B, V, 3) or (V, 3); the topology is kept."""
+        """Move the boxes to new vertex positions (B, V, 3) or (V, 3); the topology is kept.
+
+        The positions are copied (as float32) into the BVH's own buffer; ``validate=False`` skips
+        the data checks (NaN/Inf, magnitude) for callers that made them already.
+        """
         verts = _as_batch(verts)
-        if verts.dim() != 3 or verts.shape[1:] != (self.num_vertices, 3):
-            raise InputError(f"verts must be (B, {self.num_vertices}, 3), got {tuple(verts.shape)}")
+        if not isinstance(verts, Tensor) or verts.dim() != 3 or verts.shape[1:] != (self.num_vertices, 3):
+            shape = tuple(verts.shape) if isinstance(verts, Tensor) else type(verts).__name__
+            raise InputError(f"verts must be (B, {self.num_vertices}, 3), got {shape}")
         if verts.device != self.device:
             raise InputError(f"verts are on {verts.device} but the BVH lives on {self.device}")
-        if validate:
-            check_verts(verts)
-        verts = verts.detach().to(torch.float32).contiguous()
+        check_verts(verts, data=validate)
         self._ensure(verts.shape[0])
-        torch.ops.fgp.bvh_refit(verts, self.faces, self.topo, self.prim, self.nodes, self.tris, self._scratch, False)
-        self.verts = verts
+        self.verts.copy_(verts.detach())
+        torch.ops.fgp.bvh_refit(self.verts, self.faces, self.topo, self.prim, self.nodes, self.tris, self._scratch,
+                                False)
         return self
 
     def surface_field(self, points: Tensor, verts_src: Tensor, validate: bool = True) -> SurfaceField:
-        """DESIGN.md step 3 for world points (B, P, 3) against the last refit's target mesh."""
+        """DESIGN.md step 3 for world points (B, P, 3) against the last refit's target mesh.
+
+        ``points`` and ``verts_src`` share a float dtype, the results' (computed in float32).
+        """
         verts_src = _as_batch(verts_src)
-        if verts_src.shape != self.verts.shape:
-            raise InputError(f"verts_src must be {tuple(self.verts.shape)}, got {tuple(verts_src.shape)}")
+        if not isinstance(verts_src, Tensor) or verts_src.shape != self.verts.shape:
+            shape = tuple(verts_src.shape) if isinstance(verts_src, Tensor) else type(verts_src).__name__
+            raise InputError(f"verts_src must be {tuple(self.verts.shape)}, got {shape}")
+        check_verts(verts_src, "verts_src", data=validate)
+        if verts_src.device != self.device:
+            raise InputError(f"verts_src is on {verts_src.device} but the BVH lives on {self.device}")
+        check_points(points, verts_src, data=validate)
         dt = points.dtype
         out = torch.ops.fgp.surface_field(points.detach().to(torch.float32).contiguous(), self.verts,
                                           verts_src.detach().to(torch.float32).contiguous(), self.faces,
-                                          self.nodes, self.tris, validate)
+                                          self.nodes, self.tris, False)
         return SurfaceField(out[0].to(dt), out[1], out[2].to(dt), out[3].to(dt))
 
 
-class FlowEncoder:
-    """Fused 3D-flow encoder for one topology that reuses its BVH and scratch across frames.
+class _BVHCache:
+    """Built BVHs of the last few topologies, keyed by the faces' content and device.
 
-    ``enc(verts_tgt, verts_src, camera, near=None, far=None, out=None)`` returns the (B, 3N, H, W)
-    flow of DESIGN.md in ``dtype`` (float32 default; float16/bfloat16/float64 written directly).
-    With ``out=`` nothing is allocated. ``validate=True`` (default) adds the data checks (NaN,
-    index range) each call; pass ``validate=False`` for CUDA-graph capture or the last bit of
-    speed, since the checks sync a GPU.
+    Only the immutable build is shared: every call gets a ``MeshBVH`` with its own refit buffers,
+    so concurrent calls on the same faces cannot overwrite each other's boxes. The lock guards
+    the table (lookup, build, eviction).
     """
 
-    def __init__(self, faces: Tensor, n_samples: int = 20, delta: float = 0.01, sampling: str = "depth",
-                 dtype: torch.dtype | None = torch.float32, leaf_size: int = LEAF_SIZE, validate: bool = True):
-        _require_cpp()
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or not 1 <= n_samples <= MAX_SAMPLES:
-            raise InputError(f"n_samples must be an int in [1, {MAX_SAMPLES}], got {n_samples!r}")
-        if not float(delta) > 0 or float(delta) == float("inf"):
-            raise InputError(f"delta must be a finite number > 0, got {delta!r}")
-        if sampling not in SAMPLING_MODES:
-            raise InputError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
-        if dtype is not None and dtype not in OUT_DTYPES:
-            raise InputTypeError(f"dtype must be one of {OUT_DTYPES}, got {dtype}")
-        self.faces_in = faces
-        self.n_samples, self.delta, self.sampling, self.dtype = n_samples, float(delta), sampling, dtype
-        self.leaf_size, self.validate = leaf_size, validate
-        self.bvh: MeshBVH | None = None
-        self._buf: dict = {}
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._lock = threading.Lock()
+        self._table: "OrderedDict[tuple, tuple[Tensor, _BuiltBVH]]" = OrderedDict()
 
-    def _buffer(self, name: str, shape, dtype, device) -> Tensor:
-        t = self._buf.get(name)
-        if t is None or t.shape != torch.Size(shape) or t.dtype != dtype or t.device != device:
-            t = self._buf[name] = torch.empty(shape, dtype=dtype, device=device)
-        return t
+    def bvh(self, faces: Tensor, verts_tgt: Tensor) -> MeshBVH:
+        """A MeshBVH for ``faces`` refit to ``verts_tgt`` (both validated by the caller)."""
+        key = (faces.device, faces.dtype, tuple(faces.shape), faces.data_ptr(), faces._version,
+               verts_tgt.shape[1])
+        with self._lock:
+            hit = self._table.get(key)
+            if hit is not None and torch.equal(hit[0], faces):
+                self._table.move_to_end(key)
+                built = hit[1]
+            else:
+                copy = faces.detach().clone()
+                built = _BuiltBVH(Topology(copy), verts_tgt[0], verts_tgt.shape[1], LEAF_SIZE)
+                self._table[key] = (copy, built)
+                while len(self._table) > self.size:
+                    self._table.popitem(last=False)
+        return MeshBVH._from_built(built, verts_tgt)
 
-    def __call__(self, verts_tgt: Tensor, verts_src: Tensor, camera: Camera, near=None, far=None,
-                 out: Tensor | None = None) -> Tensor:
-        return self.encode(verts_tgt, verts_src, camera, near, far, out)
+    def clear(self) -> None:
+        with self._lock:
+            self._table.clear()
 
-    def encode(self, verts_tgt: Tensor, verts_src: Tensor, camera: Camera, near=None, far=None,
-               out: Tensor | None = None) -> Tensor:
-        if verts_tgt.dim() != 3 or verts_tgt.shape[-1] != 3 or verts_src.shape != verts_tgt.shape:
-            raise InputError(f"verts_tgt and verts_src must both be (B, V, 3), got {tuple(verts_tgt.shape)} "
-                             f"and {tuple(verts_src.shape)}")
-        if verts_src.device != verts_tgt.device or camera.device != verts_tgt.device:
-            raise InputError("verts_tgt, verts_src and the camera must be on one device")
-        dev = verts_tgt.device
-        unavailable = cpp_unavailable_reason(dev) if dev.type == "cpu" else cuda_unavailable_reason(dev)
-        if unavailable is not None:
-            raise BackendUnavailableError(unavailable)
-        if self.validate:
-            check_verts(verts_tgt, "verts_tgt")
-            check_verts(verts_src, "verts_src")
-        if self.bvh is None or self.bvh.device != dev:
-            self.bvh = MeshBVH(self.faces_in.to(dev), verts_tgt, self.leaf_size)
-        else:
-            self.bvh.refit(verts_tgt, validate=False)
-        bvh = self.bvh
-        B, N, H, W = verts_tgt.shape[0], self.n_samples, camera.height, camera.width
-        vt = bvh.verts
-        vs = verts_src.detach()
-        if vs.dtype != torch.float32 or not vs.is_contiguous():
-            vs = vs.to(torch.float32).contiguous()
-        K, w2c = camera.expand(B)
-        K_buf = self._buffer("K", (B, 3, 3), torch.float32, dev)
-        w2c_buf = self._buffer("w2c", (B, 4, 4), torch.float32, dev)
-        K_buf.copy_(K)
-        w2c_buf.copy_(w2c)
-        near_buf = self._buffer("near", (B,), torch.float32, dev)
-        far_buf = self._buffer("far", (B,), torch.float32, dev)
-        if near is None and far is None:
-            # Camera depth range of the target mesh, without temporaries: z = verts @ R[2] + t[2].
-            z = self._buffer("z", (B, vt.shape[1], 1), torch.float32, dev)
-            torch.baddbmm(w2c_buf[:, 2:3, 3:4], vt, w2c_buf[:, 2:3, :3].transpose(1, 2), out=z)
-            torch.amin(z[..., 0], 1, out=near_buf)
-            torch.amax(z[..., 0], 1, out=far_buf)
-        elif near is not None and far is not None:
-            near_buf.copy_(torch.as_tensor(near, dtype=torch.float32).expand(B))
-            far_buf.copy_(torch.as_tensor(far, dtype=torch.float32).expand(B))
-        else:
-            raise InputError("give both near and far, or neither")
-        dtype = self.dtype or verts_tgt.dtype
-        shape = (B, 3 * N, H, W)
-        if out is None:
-            out = torch.empty(shape, dtype=dtype, device=dev)
-        elif tuple(out.shape) != shape or out.device != dev or not out.is_contiguous() or out.dtype not in OUT_DTYPES:
-            raise InputError(f"out must be a contiguous {shape} tensor of a float dtype on {dev}, got "
-                             f"{tuple(out.shape)} {out.dtype} on {out.device}")
-        zbuf = self._buffer("zbuf", (B, H, W), torch.int64, dev)
-        torch.ops.fgp.flow_encode_out(vt, vs, bvh.faces, K_buf, w2c_buf, near_buf, far_buf, bvh.nodes, bvh.tris,
-                                      N, self.delta, self.sampling == "uniform", zbuf, out, self.validate)
-        return out
+
+_BVHS = _BVHCache()
 
 
 # ---------------------------------------------------------------------------------------------
 # backend entry points (inputs already validated by fgp_fast.ops)
-
-_CACHE_SIZE = 4
-_encoders: "OrderedDict[tuple, tuple[Tensor, dict]]" = OrderedDict()
-
-
-def _cached_bvh(faces: Tensor, verts_tgt: Tensor) -> MeshBVH:
-    """One MeshBVH per topology (faces content + device), refit to verts_tgt."""
-    key = (faces.device, faces.data_ptr(), tuple(faces.shape), faces._version)
-    hit = _encoders.get(key)
-    if hit is not None and torch.equal(hit[0], faces):
-        _encoders.move_to_end(key)
-        return hit[1]["bvh"].refit(verts_tgt, validate=False)
-    bvh = MeshBVH(faces, verts_tgt)
-    _encoders[key] = (faces.clone(), {"bvh": bvh})
-    while len(_encoders) > _CACHE_SIZE:
-        _encoders.popitem(last=False)
-    return bvh
 
 
 def _cam32(camera: Camera, B: int) -> tuple[Tensor, Tensor]:
@@ -313,17 +286,17 @@ def native_rasterize(verts: Tensor, faces: Tensor, camera: Camera) -> Raster:
     K, w2c = _cam32(camera, verts.shape[0])
     d, f, b, m = torch.ops.fgp.rasterize(verts.detach().to(torch.float32).contiguous(),
                                          faces.to(torch.int32).contiguous(), K, w2c, camera.height, camera.width,
-                                         True)
+                                         False)
     return Raster(d.to(verts.dtype), f, b.to(verts.dtype), m)
 
 
 def native_surface_field(points: Tensor, verts_tgt: Tensor, verts_src: Tensor, faces: Tensor) -> SurfaceField:
-    return _cached_bvh(faces, verts_tgt).surface_field(points, verts_src)
+    return _BVHS.bvh(faces, verts_tgt).surface_field(points, verts_src, validate=False)
 
 
 def native_flow_encode(verts_tgt, verts_src, faces, camera, n_samples, delta, near, far, sampling, return_aux,
                        dtype):
-    bvh = _cached_bvh(faces, verts_tgt)
+    bvh = _BVHS.bvh(faces, verts_tgt)
     B, N, H, W = verts_tgt.shape[0], n_samples, camera.height, camera.width
     K, w2c = _cam32(camera, B)
     vs = verts_src.detach().to(torch.float32).contiguous()
@@ -333,19 +306,55 @@ def native_flow_encode(verts_tgt, verts_src, faces, camera, n_samples, delta, ne
                                      N, float(delta), sampling == "uniform", dtype or verts_tgt.dtype, False)
     if not return_aux:
         return flow
-    dt = verts_tgt.dtype
     raster = native_rasterize(verts_tgt, faces, camera)
-    depths = sample_depths(raster, near.to(dt), far.to(dt), N, delta, sampling)
-    cam = camera.to(dtype=dt)
-    points = cam.camera_to_world(depths[..., None] * cam.pixel_rays(B)[:, None])
-    field = bvh.surface_field(points.reshape(B, -1, 3), verts_src)
-    aux = {"depth": raster.depth, "face_id": raster.face_id, "mask": raster.mask, "bary": raster.bary,
-           "points": points, "p_src": field.p_src.view(B, N, H, W, 3),
-           "sample_face_id": field.face_id.view(B, N, H, W), "offset": field.offset.view(B, N, H, W)}
-    return flow, aux
+    points = sample_points(raster, camera, near, far, N, delta, sampling)
+    field = bvh.surface_field(points.reshape(B, -1, 3), verts_src, validate=False)
+    return flow, build_aux(raster, points, field.p_src, field.face_id, field.offset)
+
+
+class NativeEncoder:
+    """The cpp/cuda state behind ``ops.FlowEncoder``: one BVH refit per frame and every scratch
+    buffer, so a call allocates nothing beyond its output (nothing with ``out=``) and copies
+    nothing from the host (capture-safe on CUDA)."""
+
+    def __init__(self, topology: Topology, n_samples: int, delta: float, sampling: str):
+        _require_cpp()
+        self.topology, self.n_samples, self.delta, self.uniform = topology, n_samples, delta, sampling == "uniform"
+        self.bvh: MeshBVH | None = None
+        self._buf: dict = {}
+
+    def _buffer(self, name: str, shape, dtype) -> Tensor:
+        t = self._buf.get(name)
+        if t is None or t.shape != torch.Size(shape) or t.dtype != dtype:
+            t = self._buf[name] = torch.empty(shape, dtype=dtype, device=self.topology.device)
+        return t
+
+    def _f32(self, name: str, t: Tensor) -> Tensor:
+        """``t`` as a contiguous float32 tensor: itself if it is one, else copied into a buffer."""
+        if t.dtype == torch.float32 and t.is_contiguous():
+            return t
+        return self._buffer(name, t.shape, torch.float32).copy_(t)
+
+    def encode(self, verts_tgt: Tensor, verts_src: Tensor, camera: Camera, near: Tensor, far: Tensor,
+               out: Tensor) -> Tensor:
+        """Write the flow into ``out`` (inputs validated by ``ops.FlowEncoder``)."""
+        if self.bvh is None:   # built on the first frame's pose
+            built = _BuiltBVH(self.topology, verts_tgt[0], verts_tgt.shape[1], LEAF_SIZE)
+            self.bvh = MeshBVH._from_built(built, verts_tgt)
+        else:
+            self.bvh.refit(verts_tgt, validate=False)
+        bvh, B, H, W = self.bvh, verts_tgt.shape[0], camera.height, camera.width
+        K, w2c = camera.expand(B)
+        K32 = self._buffer("K", (B, 3, 3), torch.float32).copy_(K)
+        w2c32 = self._buffer("w2c", (B, 4, 4), torch.float32).copy_(w2c)
+        zbuf = self._buffer("zbuf", (B, H, W), torch.int64)
+        torch.ops.fgp.flow_encode_out(bvh.verts, self._f32("vs", verts_src.detach()), bvh.faces, K32, w2c32,
+                                      self._f32("near", near), self._f32("far", far), bvh.nodes, bvh.tris,
+                                      self.n_samples, self.delta, self.uniform, zbuf, out, False)
+        return out
 
 
 register_backend("cpp", flow_encode=native_flow_encode, available=cpp_unavailable_reason, priority=10,
-                 surface_field=native_surface_field, rasterize=native_rasterize)
+                 surface_field=native_surface_field, rasterize=native_rasterize, encoder=NativeEncoder)
 register_backend("cuda", flow_encode=native_flow_encode, available=cuda_unavailable_reason, priority=30,
-                 surface_field=native_surface_field, rasterize=native_rasterize)
+                 surface_field=native_surface_field, rasterize=native_rasterize, encoder=NativeEncoder)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..camera import Camera
+from .flow_aux import build_aux, sample_points
 from .geometry import face_normals, morton_order, point_triangle_dist2, projection_barycentric
 
 Z_MIN = 1e-6  # triangles with a vertex at or behind this camera depth are not rasterised
@@ -225,22 +226,6 @@ def surface_field(points: Tensor, verts_tgt: Tensor, verts_src: Tensor, faces: T
 # the fused op, composed
 
 
-def sample_depths(raster: Raster, near: Tensor, far: Tensor, n_samples: int, delta: float,
-                  sampling: str) -> Tensor:
-    """Per-pixel sample depths (B, N, H, W): around the surface on the head, [near, far] elsewhere."""
-    dt, dev = raster.depth.dtype, raster.depth.device
-    if n_samples == 1:
-        s = torch.full((1,), 0.5, dtype=dt, device=dev)
-    else:
-        s = torch.arange(n_samples, dtype=dt, device=dev) / (n_samples - 1)
-    s = s.view(1, -1, 1, 1)
-    uniform = near.view(-1, 1, 1, 1) + (far - near).view(-1, 1, 1, 1) * s
-    if sampling == "uniform":
-        return uniform.expand(-1, -1, *raster.depth.shape[1:]).contiguous()
-    around = raster.depth[:, None] - delta + 2 * delta * s
-    return torch.where(raster.mask[:, None], around, uniform)
-
-
 def flow_encode(verts_tgt: Tensor, verts_src: Tensor, faces: Tensor, camera: Camera, n_samples: int,
                 delta: float, near: Tensor, far: Tensor, sampling: str, return_aux: bool,
                 dtype: torch.dtype | None):
@@ -248,9 +233,7 @@ def flow_encode(verts_tgt: Tensor, verts_src: Tensor, faces: Tensor, camera: Cam
     B, H, W, N = verts_tgt.shape[0], camera.height, camera.width, n_samples
     cam = camera.to(dtype=verts_tgt.dtype)
     raster = rasterize(verts_tgt, faces, cam)
-    depths = sample_depths(raster, near, far, N, delta, sampling)        # (B, N, H, W)
-    points_cam = depths[..., None] * cam.pixel_rays(B)[:, None]          # (B, N, H, W, 3)
-    points = cam.camera_to_world(points_cam)
+    points = sample_points(raster, cam, near, far, N, delta, sampling)    # (B, N, H, W, 3)
     field = surface_field(points.reshape(B, -1, 3), verts_tgt, verts_src, faces)
     _, w2c = cam.expand(B)
     flow_cam = (field.p_src - points.reshape(B, -1, 3)) @ w2c[:, :3, :3].transpose(1, 2)
@@ -258,7 +241,4 @@ def flow_encode(verts_tgt: Tensor, verts_src: Tensor, faces: Tensor, camera: Cam
     flow = flow.to(dtype or verts_tgt.dtype)
     if not return_aux:
         return flow
-    aux = {"depth": raster.depth, "face_id": raster.face_id, "mask": raster.mask, "bary": raster.bary,
-           "points": points, "p_src": field.p_src.view(B, N, H, W, 3),
-           "sample_face_id": field.face_id.view(B, N, H, W), "offset": field.offset.view(B, N, H, W)}
-    return flow, aux
+    return flow, build_aux(raster, points, field.p_src, field.face_id, field.offset)

@@ -21,8 +21,11 @@ class DiffusionRenderer:
 
     The flow is encoded in the source camera (the output keeps the source framing) with the
     pipeline's N samples; ``backend`` picks the flow-encode implementation. Every call renders with
-    the same ``seed``, so a still target gives a still image.
+    the same ``seed``, so a still target gives a still image. Implements the
+    :class:`~fgp_fast.render.renderer.Renderer` protocol.
     """
+
+    size_multiple = 8  # the latent grid: image sides are multiples of the VAE's factor
 
     def __init__(self, pipeline: FGPortraitPipeline, faces: Tensor, delta: float = 0.01, backend: str = "auto",
                  seed: int = 0, video: bool = False):
@@ -30,6 +33,10 @@ class DiffusionRenderer:
         self.delta, self.backend, self.seed, self.video = delta, backend, seed, video
         self.verts_src: Tensor | None = None
         self.camera: Camera | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.device
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, faces: Tensor, device: str | torch.device = "cpu",

@@ -77,7 +77,7 @@ def sample_texture(texture: Tensor, uv: Tensor) -> Tensor:
 
 
 def render_textured(verts: Tensor, faces: Tensor, faces_uv: Tensor, uv: Tensor, texture: Tensor,
-                    camera: Camera, background=0.0, backend: str = "reference") -> tuple[Tensor, Tensor]:
+                    camera: Camera, background=0.0, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Render a UV-textured mesh: -> image (B, C, H, W) in the texture's dtype, mask (B, 1, H, W) bool.
 
     UVs are interpolated with the rasteriser's perspective-correct barycentrics and the texture is

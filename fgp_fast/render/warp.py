@@ -68,7 +68,7 @@ class WarpRenderer:
 
     def __init__(self, source_image: Tensor, verts_src: Tensor, faces: Tensor, camera_src: Camera,
                  camera_tgt: Camera | None = None, falloff: float | None = None,
-                 depth_tol: float | None = None, backend: str = "reference"):
+                 depth_tol: float | None = None, backend: str = "auto"):
         check_verts(verts_src, "verts_src")
         check_faces(faces, verts_src.shape[1], verts_src.device)
         if not isinstance(camera_src, Camera):
@@ -174,7 +174,7 @@ class WarpRenderer:
 
 def warp_render(source_image: Tensor, verts_src: Tensor, verts_tgt: Tensor, faces: Tensor, camera: Camera,
                 camera_tgt: Camera | None = None, falloff: float | None = None,
-                depth_tol: float | None = None, backend: str = "reference") -> WarpResult:
+                depth_tol: float | None = None, backend: str = "auto") -> WarpResult:
     """One-shot form of ``WarpRenderer(source_image, verts_src, faces, camera, ...).render(verts_tgt)``."""
     return WarpRenderer(source_image, verts_src, faces, camera, camera_tgt, falloff, depth_tol,
                         backend).render(verts_tgt)

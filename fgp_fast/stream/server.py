@@ -43,7 +43,7 @@ IDLE_CLOSE = 4008            # close code for a session idle past ``idle_timeout
 @dataclass
 class ServerConfig:
     size: int = 256                  # longer side of the source portrait and the output, pixels
-    mode: str = "relative"           # driving mode (see fgp_fast.driving)
+    mode: str = "relative"           # driving mode (see fgp_fast.motion)
     token: str | None = None         # required from clients on every route when set (always, off loopback)
     host: str = "127.0.0.1"          # the bound address: which Host headers are this server's
     allow_hosts: tuple[str, ...] = ()    # more names clients may reach it by (a proxy, a DNS name)
@@ -93,11 +93,11 @@ class _Server:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def default_portrait(self):
-        from ..commands.animate import Portrait
-        from ..commands.demo import astronaut_portrait
+        from ..portrait import Portrait
+        from ..samples import astronaut_portrait
 
         image, _ = astronaut_portrait(self.config.size)
-        return Portrait(image, "the astronaut", diffusion=self.config.diffusion)  # what `fgp animate` renders
+        return Portrait(image, "the astronaut", renderer=self.config.diffusion)  # what `fgp animate` renders
 
 
 def create_app(config: ServerConfig):

@@ -7,37 +7,18 @@ latest input only.
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 
 import numpy as np
 
-from ..driving import ANGLES, Edit, Motion, apply_edits, drive
+from ..errors import InputError
+from ..motion import ANGLES, Edit, Motion, apply_edits, drive, edits_from_mapping
 from .protocol import MAX_PIXELS, MAX_SIDE, ProtocolError, decode_image, encode_image
 
-__all__ = ["Session", "parse_live_edits"]
+__all__ = ["Session"]
 
-MAX_ANGLE_EDIT = 45.0  # degrees either way; more tears the warp apart
 LANDMARKER_MAX_SIDE = 32766  # MediaPipe's OpenCV remap aborts the whole process at SHRT_MAX (32767)
-
-
-def parse_live_edits(edits, expression_names: tuple[str, ...]) -> list[Edit]:
-    """{"jawOpen": 0.3, "yaw": -10} -> shifts on top of the driven motion; bad names/values raise."""
-    if not isinstance(edits, dict):
-        raise ProtocolError("'edits' must be an object of name: value")
-    out = []
-    for name, value in edits.items():
-        if name not in expression_names and name not in ANGLES:
-            raise ProtocolError(f"unknown edit {name!r}; valid: {', '.join(ANGLES + expression_names)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ProtocolError(f"edit {name} needs a finite number, got {value!r}")
-        limit = MAX_ANGLE_EDIT if name in ANGLES else 1.0
-        if abs(value) > limit:
-            raise ProtocolError(f"edit {name}={value:g} is outside [-{limit:g}, {limit:g}]")
-        if value:
-            out.append(Edit(name, float(value), relative=True))
-    return out
 
 
 class Session:
@@ -59,7 +40,11 @@ class Session:
 
     # ----------------------------------------------------------------- control (event-loop thread)
     def set_edits(self, edits) -> None:
-        self.edits = parse_live_edits(edits, self.portrait.head.expression_names)
+        """{"jawOpen": 0.3, "yaw": -10}: shifts on top of the driven motion (the edit grammar's limits)."""
+        try:
+            self.edits = edits_from_mapping(edits, self.portrait.head.expression_names)
+        except InputError as exc:
+            raise ProtocolError(str(exc)) from None
 
     def request_reset(self) -> None:
         self._reset = True  # applied by the next track(), which owns the tracker
@@ -72,7 +57,7 @@ class Session:
     def track(self, data: bytes) -> tuple[Motion | None, dict]:
         """Driver frame bytes -> (the driver's motion, or None without a face; stage timings in ms)."""
         t0 = time.perf_counter()
-        frame = self._decode(data)
+        frame = self._decode(data, "frame")
         t1 = time.perf_counter()
         with self._track_lock:
             if self._landmarker is None:
@@ -106,21 +91,21 @@ class Session:
 
     def set_source(self, data: bytes, size: int, diffusion=None) -> None:
         """A new portrait from image bytes (seconds: landmarks and a full fit)."""
-        from ..commands.animate import Portrait, fit_size, resize
-        from ..landmarks import NoFaceError
+        from ..media import fit_size, resize
+        from ..portrait import Portrait
 
-        image = self._decode(data)
+        image = self._decode(data, "source")
         image = resize(image, *fit_size(*image.shape[:2], size))
         try:
-            self.portrait = Portrait(image, "the uploaded source", diffusion=diffusion)
-        except NoFaceError as exc:
+            self.portrait = Portrait(image, "the uploaded source", renderer=diffusion)
+        except InputError as exc:  # no face, or too small for the renderer
             raise ProtocolError(str(exc)) from None
 
-    def _decode(self, data: bytes) -> np.ndarray:
+    def _decode(self, data: bytes, name: str) -> np.ndarray:
         """Image bytes -> RGB within this session's limits, and a shape MediaPipe can take whatever they are."""
-        image = decode_image(data, max_side=self.max_side, max_pixels=self.max_pixels)
+        image = decode_image(data, max_side=self.max_side, max_pixels=self.max_pixels, name=name)
         if max(image.shape[:2]) > LANDMARKER_MAX_SIDE:
-            raise ProtocolError(f"image of {image.shape[1]}x{image.shape[0]} is over {LANDMARKER_MAX_SIDE} "
+            raise ProtocolError(f"{name} of {image.shape[1]}x{image.shape[0]} is over {LANDMARKER_MAX_SIDE} "
                                 f"pixels a side")
         return image
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..driving import Motion
+from ..motion import Motion
 from ..fitting.fit import FitSettings, Fitter
 
 __all__ = ["DriverTracker"]

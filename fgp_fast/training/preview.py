@@ -49,7 +49,7 @@ class Preview:
         return _grid(self.source, self.target, self.flow.float().cpu(), generated)
 
     def write(self, step: int, model, accelerator, writer=None) -> Path:
-        from ..imageio import save_png
+        from ..media import save_png
 
         grid = self.render(model, accelerator)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,7 @@ class Preview:
 
 
 def _grid(source: Tensor, target: Tensor, flow: Tensor, generated: Tensor) -> Tensor:
-    from ..imageio import colormap
+    from ..media import colormap
 
     F, S = target.shape[0], target.shape[-1]
     magnitude = flow.view(F, -1, 3, S, S).norm(dim=2).mean(1)                   # (F, S, S), metres

@@ -8,7 +8,7 @@ Reproducibility: sample indices of micro-step m of optimizer step s are pure fun
 s, m) and each sample's noise and timestep of (seed, sample index), so N processes x batch B see
 exactly what one process x batch N*B does; checkpoints hold the trainable weights, the optimizer, the LR
 schedule and the EMA, so ``resume`` continues a run bit-for-bit. Checkpoints are written to a
-temporary directory and renamed (``step-XXXXXXXX``); leftovers named ``.tmp-*`` are ignored.
+temporary directory and renamed (``step-XXXXXXXX``, see ``checkpoint.py``); temp leftovers are ignored.
 SIGINT/SIGTERM finish the current step, write a checkpoint and return. The loss goes to log.csv
 (and TensorBoard); every ``sample_every`` steps the main process writes a preview grid
 (``preview.py``) with its own generator, leaving the training RNG stream untouched.
@@ -19,23 +19,20 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import re
-import shutil
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .config import TrainConfig
 from ..errors import InputError, MissingDependencyError
+from .checkpoint import TrainState, latest_checkpoint, restore_checkpoint, save_checkpoint
+from .config import TrainConfig
 
 __all__ = ["TrainModule", "build_pipeline", "latest_checkpoint", "train"]
-
-CKPT_RE = re.compile(r"^step-(\d{8})$")
 
 
 def build_pipeline(cfg: TrainConfig):
@@ -152,29 +149,6 @@ def _bank_free_parameters(appearance, text: Tensor) -> list[nn.Parameter]:
     return [p for p in appearance.parameters() if id(p) not in reached]
 
 
-def latest_checkpoint(output: str | Path) -> Path | None:
-    """The newest complete checkpoint (``step-XXXXXXXX`` with meta.json); temp leftovers are ignored."""
-    root = Path(output) / "checkpoints"
-    if not root.is_dir():
-        return None
-    done = [p for p in root.iterdir() if CKPT_RE.match(p.name) and (p / "meta.json").is_file()]
-    return max(done, key=lambda p: int(CKPT_RE.match(p.name).group(1)), default=None)
-
-
-def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 class _Stop:
     def __init__(self):
         self.requested = None
@@ -199,22 +173,24 @@ def _noise(seed: int, indices, shape: tuple, num_timesteps: int) -> tuple[Tensor
     return noise, timesteps
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
-          on_step: Callable[[int, float], None] | None = None, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) training; returns {"step", "losses", "weights", "interrupted", "checkpoint"}.
+@dataclass
+class _Run:
+    """Everything one training run builds before its first step."""
 
-    ``stop_after``: stop (with a checkpoint) once this optimizer step is done, as if interrupted.
-    ``on_step(step, loss)``: called after every optimizer step.
-    """
-    try:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-    except ImportError as exc:
-        raise MissingDependencyError("fgp train needs accelerate: pip install 'fgp_fast[train]'") from exc
+    accelerator: object
+    dataset: object
+    pipe: object
+    model: nn.Module           # the (possibly DDP-wrapped) TrainModule
+    core: TrainModule          # the unwrapped one
+    state: TrainState
+
+
+def _build(cfg: TrainConfig) -> _Run:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
     from ..data import ClipDataset
 
-    cfg.check()
-    out = Path(cfg.output)
     # accelerate keeps mixed precision in a process-wide singleton that refuses a change; clear it (not
     # the process group) so that train() can run again in one process with another mixed_precision
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -222,15 +198,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     device = accelerator.device
     dataset = ClipDataset(cfg.data, frames=1 if cfg.stage == 1 else cfg.frames, seed=cfg.seed)
     pipe = build_pipeline(cfg)
-    size = dataset.size
-    if size % 8:
-        raise InputError(f"dataset size {size} is not a multiple of 8")
+    if dataset.size % 8:
+        raise InputError(f"dataset size {dataset.size} is not a multiple of 8")
     model = TrainModule(pipe, cfg.stage)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     model.to(device)
     pipe.text_embeddings = pipe.text_embeddings.to(device)  # the pipeline's own sampler (previews) runs on device
     if device.type == "cuda" and weight_dtype != torch.float32:  # frozen weights in half precision
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(weight_dtype)
     if cfg.gradient_checkpointing:
@@ -244,140 +219,146 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     lr_sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
     model, optimizer = accelerator.prepare(model, optimizer)
-    core = accelerator.unwrap_model(model)
     ema = {n: params[n].detach().clone().float() for n in names} if cfg.ema else None
+    return _Run(accelerator, dataset, pipe, model, accelerator.unwrap_model(model),
+                TrainState(params, optimizer, lr_sched, ema))
 
+
+def _optimizer_step(run: _Run, cfg: TrainConfig, step: int) -> float:
+    """One optimizer step (``grad_accum`` micro-batches); returns the loss of the global batch."""
+    acc, model, core, state = run.accelerator, run.model, run.core, run.state
+    device, world, rank, B = acc.device, acc.num_processes, acc.process_index, cfg.batch_size
+    latent = run.dataset.size // 8
+    F = 1 if cfg.stage == 1 else cfg.frames
+    total = 0.0
+    for micro in range(cfg.grad_accum):
+        first = ((step * cfg.grad_accum + micro) * world + rank) * B
+        batch = run.dataset.batch(range(first, first + B))
+        flow = run.dataset.flow(batch, core.step.controlnet.config.conditioning_channels // 3,
+                                cfg.flow_delta, cfg.flow_backend, device)
+        noise, timesteps = _noise(cfg.seed, range(first, first + B), (F, 4, latent, latent), core.num_train_timesteps)
+        with acc.autocast():
+            loss = model(batch["source"].to(device), batch["target"].to(device), flow,
+                         noise.to(device), timesteps.to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+        if micro < cfg.grad_accum - 1:
+            with acc.no_sync(model):
+                acc.backward(loss / cfg.grad_accum)
+        else:
+            acc.backward(loss / cfg.grad_accum)
+        total += float(loss.detach()) / cfg.grad_accum
+    if world > 1:  # log the loss of the whole global batch, as one process with it would
+        total = float(acc.reduce(torch.tensor(total, device=device), "mean"))
+    params = [state.params[n] for n in state.names]
+    if cfg.max_grad_norm > 0:
+        acc.clip_grad_norm_(params, cfg.max_grad_norm)
+    state.optimizer.step()
+    state.lr_scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.ema is not None:
+        with torch.no_grad():
+            d = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for n in state.names:
+                state.ema[n].mul_(d).add_(state.params[n].detach().float(), alpha=1 - d)
+    return total
+
+
+class _Log:
+    """log.csv and TensorBoard (main process only)."""
+
+    def __init__(self, out: Path):
+        self.path = out / "log.csv"
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            self.writer = None
+
+    def write(self, step: int, loss: float, lr: float, seconds: float) -> None:
+        new = not self.path.is_file()
+        with open(self.path, "a", newline="") as fh:
+            w = csv.writer(fh)
+            if new:
+                w.writerow(["step", "loss", "lr", "seconds"])
+            w.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{seconds:.4f}"])
+        if self.writer is not None:
+            self.writer.add_scalar("loss", loss, step)
+            self.writer.add_scalar("lr", lr, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
+          on_step: Callable[[int, float], None] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) training; returns {"step", "losses", "weights", "interrupted", "checkpoint"}.
+
+    ``stop_after``: stop (with a checkpoint) once this optimizer step is done, as if interrupted.
+    ``on_step(step, loss)``: called after every optimizer step.
+    """
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("fgp train needs accelerate: pip install 'fgp_fast[train]'") from exc
+
+    cfg.check()
+    out = Path(cfg.output)
+    run = _build(cfg)
+    acc, state = run.accelerator, run.state
+    main = acc.is_main_process
     step = 0
     if resume:
         ckpt = latest_checkpoint(out)
         if ckpt is None:
             log(f"no checkpoint in {out / 'checkpoints'}; starting from step 0")
         else:
-            meta = json.loads((ckpt / "meta.json").read_text())
-            state = torch.load(ckpt / "trainable.pt", map_location=device)
-            missing = set(names) - set(state)
-            if missing:
-                raise InputError(f"checkpoint {ckpt} does not match this config (missing {sorted(missing)[:3]})")
-            with torch.no_grad():
-                for n in names:
-                    params[n].copy_(state[n])
-            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device))
-            lr_sched.load_state_dict(meta["lr_scheduler"])
-            if ema is not None and (ckpt / "ema.pt").is_file():
-                ema = {k: v.to(device) for k, v in torch.load(ckpt / "ema.pt", map_location=device).items()}
-            torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
-            step = int(meta["step"])
+            step = restore_checkpoint(state, ckpt, acc.device)
             log(f"resumed from {ckpt} at step {step}")
 
-    def save_checkpoint() -> Path | None:
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            return None
-        final = out / "checkpoints" / f"step-{step:08d}"
+    def checkpoint() -> Path | None:
+        acc.wait_for_everyone()
+        return save_checkpoint(state, step, cfg.to_dict(), out, cfg.keep_checkpoints) if main else None
 
-        def write(tmp: Path):
-            torch.save({n: params[n].detach().cpu() for n in names}, tmp / "trainable.pt")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            if ema is not None:
-                torch.save({k: v.cpu() for k, v in ema.items()}, tmp / "ema.pt")
-            meta = {"step": step, "config": cfg.to_dict(), "lr_scheduler": lr_sched.state_dict(),
-                    "torch_rng": torch.get_rng_state().tolist()}
-            (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks the checkpoint complete
-
-        final.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_dir(final, write)
-        kept = sorted((p for p in final.parent.iterdir() if CKPT_RE.match(p.name)), key=lambda p: p.name)
-        for old in kept[:-cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
-
-    writer = preview = None
-    if accelerator.is_main_process:
+    logger = preview = bar = None
+    if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            writer = None
+        logger = _Log(out)
         if cfg.sample_every:
             from .preview import Preview
-            preview = Preview(pipe, dataset, out, cfg.stage, cfg.sample_steps, cfg.seed, cfg.flow_delta,
-                              cfg.flow_backend, device)
-    log_path = out / "log.csv"
+            preview = Preview(run.pipe, run.dataset, out, cfg.stage, cfg.sample_steps, cfg.seed, cfg.flow_delta,
+                              cfg.flow_backend, acc.device)
+        if cfg.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.steps, initial=step, desc=f"stage {cfg.stage}", dynamic_ncols=True)
     stop = _Stop()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    bar = None
-    if cfg.progress and accelerator.is_main_process:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"stage {cfg.stage}", dynamic_ncols=True)
     losses: list[float] = []
     interrupted, last_ckpt = False, None
-    world, rank, B = accelerator.num_processes, accelerator.process_index, cfg.batch_size
-    latent = size // 8
-    F = 1 if cfg.stage == 1 else cfg.frames
-    model.train()
+    run.model.train()
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
-            total = 0.0
-            for micro in range(cfg.grad_accum):
-                first = ((step * cfg.grad_accum + micro) * world + rank) * B
-                batch = dataset.batch(range(first, first + B))
-                flow = dataset.flow(batch, core.step.controlnet.config.conditioning_channels // 3,
-                                    cfg.flow_delta, cfg.flow_backend, device)
-                noise, timesteps = _noise(cfg.seed, range(first, first + B), (F, 4, latent, latent),
-                                          core.num_train_timesteps)
-                with accelerator.autocast():
-                    loss = model(batch["source"].to(device), batch["target"].to(device), flow,
-                                 noise.to(device), timesteps.to(device))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-                if micro < cfg.grad_accum - 1:
-                    with accelerator.no_sync(model):
-                        accelerator.backward(loss / cfg.grad_accum)
-                else:
-                    accelerator.backward(loss / cfg.grad_accum)
-                total += float(loss.detach()) / cfg.grad_accum
-            if world > 1:  # log the loss of the whole global batch, as one process with it would
-                total = float(accelerator.reduce(torch.tensor(total, device=device), "mean"))
-            if cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_([params[n] for n in names], cfg.max_grad_norm)
-            optimizer.step()
-            lr_sched.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                with torch.no_grad():
-                    d = min(cfg.ema_decay, (1 + step) / (10 + step))
-                    for n in names:
-                        ema[n].mul_(d).add_(params[n].detach().float(), alpha=1 - d)
+            total = _optimizer_step(run, cfg, step)
             step += 1
             losses.append(total)
-            if accelerator.is_main_process:
-                if step % cfg.log_every == 0 or step == cfg.steps or step == 1:
-                    new = not log_path.is_file()
-                    with open(log_path, "a", newline="") as fh:
-                        w = csv.writer(fh)
-                        if new:
-                            w.writerow(["step", "loss", "lr", "seconds"])
-                        w.writerow([step, f"{total:.6g}", f"{lr_sched.get_last_lr()[0]:.6g}",
-                                    f"{time.perf_counter() - t0:.4f}"])
-                    if writer is not None:
-                        writer.add_scalar("loss", total, step)
-                        writer.add_scalar("lr", lr_sched.get_last_lr()[0], step)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{total:.4f}")
+            if main and (step % cfg.log_every == 0 or step == cfg.steps or step == 1):
+                logger.write(step, total, state.lr_scheduler.get_last_lr()[0], time.perf_counter() - t0)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total:.4f}")
             if preview is not None and step % cfg.sample_every == 0:
-                preview.write(step, model, accelerator, writer)
+                preview.write(step, run.model, acc, logger.writer)
             if on_step is not None:
                 on_step(step, total)
             if step % cfg.checkpoint_every == 0:
-                last_ckpt = save_checkpoint()
+                last_ckpt = checkpoint()
             if stop.requested is not None or (stop_after is not None and step >= stop_after and step < cfg.steps):
                 interrupted = True
                 if step % cfg.checkpoint_every:
-                    last_ckpt = save_checkpoint()
+                    last_ckpt = checkpoint()
                 log(f"stopped at step {step}" + (f" ({signal.Signals(stop.requested).name})"
                                                   if stop.requested is not None else "")
                     + f"; resume with --resume (checkpoint {last_ckpt})")
@@ -387,28 +368,40 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
             signal.signal(s, h)
         if bar is not None:
             bar.close()
-        if writer is not None:
-            writer.close()
+        if logger is not None:
+            logger.close()
     weights = None
     if not interrupted:
         if step % cfg.checkpoint_every:
-            last_ckpt = save_checkpoint()
-        if accelerator.is_main_process:
-            weights = out / "weights"
-            if ema is not None:  # export the EMA weights
-                with torch.no_grad():
-                    backup = {n: params[n].detach().clone() for n in names}
-                    for n in names:
-                        params[n].copy_(ema[n])
-            _atomic_dir(weights, lambda tmp: _save_pipeline(pipe, tmp))
-            if ema is not None:
-                with torch.no_grad():
-                    for n in names:
-                        params[n].copy_(backup[n])
+            last_ckpt = checkpoint()
+        if main:
+            weights = _export_weights(run, out / "weights")
             log(f"weights written to {weights} (FGPortraitPipeline.from_pretrained)")
-    accelerator.wait_for_everyone()
+    acc.wait_for_everyone()
     return {"step": step, "losses": losses, "weights": weights, "interrupted": interrupted,
-            "checkpoint": last_ckpt, "pipeline": pipe}
+            "checkpoint": last_ckpt, "pipeline": run.pipe}
+
+
+def _export_weights(run: _Run, weights: Path) -> Path:
+    """The pipeline (with the EMA weights, when on) saved atomically to ``weights``."""
+    from ..media import atomic_write
+
+    state = run.state
+    backup = None
+    if state.ema is not None:  # export the EMA weights
+        with torch.no_grad():
+            backup = {n: state.params[n].detach().clone() for n in state.names}
+            for n in state.names:
+                state.params[n].copy_(state.ema[n])
+    try:
+        with atomic_write(weights, directory=True) as tmp:
+            _save_pipeline(run.pipe, tmp)
+    finally:
+        if backup is not None:
+            with torch.no_grad():
+                for n in state.names:
+                    state.params[n].copy_(backup[n])
+    return weights
 
 
 def _save_pipeline(pipe, directory: Path) -> None:

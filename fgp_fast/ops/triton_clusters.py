@@ -1,4 +1,4 @@
-"""The two-level hierarchy of the Triton encoder, in plain torch: Morton-ordered triangle clusters.
+"""The two-level hierarchy of the Triton backend, in plain torch: Morton-ordered triangle clusters.
 
 Built once per topology (the face order along a 3D Morton curve of the build pose's centroids,
 cut into clusters of ``C`` consecutive faces) and refit every frame (the cluster triangles gathered
@@ -9,13 +9,14 @@ bound cannot reach a sample's best distance.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..ops.geometry import morton_order
+from .geometry import morton_order
 
 CLUSTER = 32   # triangles per cluster (the width of the dense point x triangle test)
 _CACHE_SIZE = 4
@@ -62,18 +63,37 @@ def refit(topo: ClusterTopology, verts: Tensor) -> ClusterFrame:
     return ClusterFrame(tri_soa, torch.cat([lo, hi, rep], -1).contiguous())
 
 
-_topologies: "OrderedDict[tuple, tuple[Tensor, ClusterTopology]]" = OrderedDict()
+class _TopologyCache:
+    """The ClusterTopology of the last few faces tensors (immutable once built, so shared freely);
+    the lock guards the table."""
+
+    def __init__(self, size: int = _CACHE_SIZE):
+        self.size = size
+        self._lock = threading.Lock()
+        self._table: "OrderedDict[tuple, tuple[Tensor, ClusterTopology]]" = OrderedDict()
+
+    def get(self, faces: Tensor, verts: Tensor, size: int) -> ClusterTopology:
+        key = (faces.device, faces.data_ptr(), tuple(faces.shape), faces.dtype, faces._version, size)
+        with self._lock:
+            hit = self._table.get(key)
+            if hit is not None and torch.equal(hit[0], faces):
+                self._table.move_to_end(key)
+                return hit[1]
+            copy = faces.detach().clone()
+            topo = build(copy, verts[0] if verts.dim() == 3 else verts, size)
+            self._table[key] = (copy, topo)
+            while len(self._table) > self.size:
+                self._table.popitem(last=False)
+            return topo
+
+    def clear(self) -> None:
+        with self._lock:
+            self._table.clear()
+
+
+TOPOLOGIES = _TopologyCache()
 
 
 def cached_topology(faces: Tensor, verts: Tensor, size: int = CLUSTER) -> ClusterTopology:
     """One ClusterTopology per (faces content, device, cluster size), built from the first pose seen."""
-    key = (faces.device, faces.data_ptr(), tuple(faces.shape), faces.dtype, faces._version, size)
-    hit = _topologies.get(key)
-    if hit is not None and torch.equal(hit[0], faces):
-        _topologies.move_to_end(key)
-        return hit[1]
-    topo = build(faces, verts[0] if verts.dim() == 3 else verts, size)
-    _topologies[key] = (faces.clone(), topo)
-    while len(_topologies) > _CACHE_SIZE:
-        _topologies.popitem(last=False)
-    return topo
+    return TOPOLOGIES.get(faces, verts, size)
