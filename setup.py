@@ -3,6 +3,11 @@
 Metadata lives in pyproject.toml. This file only adds the torch extension when csrc/ holds
 sources: the CPU extension always, the CUDA one when CUDA is available or FGP_BUILD_CUDA=1
 (FGP_BUILD_CUDA=0 turns it off, FGP_BUILD_NATIVE=0 skips native code entirely).
+
+Builds with ninja (parallel; MAX_JOBS caps the jobs) where the ninja executable is on PATH, else
+torch falls back to a serial build with a warning. CUDA targets: TORCH_CUDA_ARCH_LIST when set
+(e.g. "9.0"), else the visible cards' own architectures, else (no GPU: the CI compile check)
+"8.0;9.0", i.e. sm_80 and sm_90.
 """
 import glob
 import os
@@ -36,13 +41,27 @@ def _native_extensions():
                 include_dirs=include,
                 extra_compile_args={
                     "cxx": ["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"],
-                    "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-fmad=false",
-                             "-gencode=arch=compute_80,code=sm_80",
-                             "-gencode=arch=compute_90,code=sm_90"],
+                    # no -gencode here: torch derives it from TORCH_CUDA_ARCH_LIST (_cuda_arch_list)
+                    "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-fmad=false"],
                 },
             )
         )
-    return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=False)}
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list()
+        print(f"fgp_fast: CUDA targets TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+    return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+def _cuda_arch_list() -> str:
+    """TORCH_CUDA_ARCH_LIST if set; else the visible GPUs' compute capabilities; else "8.0;9.0"."""
+    given = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if given:
+        return given
+    import torch
+
+    if torch.version.cuda is not None and torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{major}.{minor}" for major, minor in caps)
+    return "8.0;9.0"
 
 
 def _torch_has_cuda():

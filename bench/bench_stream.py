@@ -11,7 +11,8 @@ Latency is from the client sending a frame to receiving its rendered frame (JPEG
     python bench/bench_stream.py --sizes 512 --renderer diffusion --steps 2    # GPU, random SD1.5 weights
 
 The diffusion renderer's speed does not depend on its weights: without ``--weights`` the benchmark
-writes random SD1.5-size weights (``FGPortraitPipeline.random("sd15")``) to a temporary folder.
+writes random SD1.5-size weights (``FGPortraitPipeline.random("sd15")``, fp16) to a temporary folder;
+``--prepare-weights DIR`` writes them to DIR and exits (bench/gpu_all.py makes them while it builds).
 """
 from __future__ import annotations
 
@@ -144,6 +145,25 @@ def lockstep_run(url: str, jpegs: list[bytes], seconds: float, warmup: float = 2
             "p95_ms": float(np.percentile(lat, 95)), "frames": len(times)}
 
 
+def write_random_weights(directory: str, steps: int) -> None:
+    """Random SD1.5-size weights in fp16 (half the bytes to write and load; the server casts),
+    initialised on the GPU where there is one."""
+    import torch
+    from bench_diffusion import random_pipeline
+
+    from fgp_fast.pipeline import PipelineConfig
+
+    t0 = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = random_pipeline("sd15", device, config=PipelineConfig(num_steps=steps)).to(dtype=torch.float16)
+    pipe.save_pretrained(directory)
+    del pipe
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    print(f"random SD1.5-size weights, {steps} steps, written to {directory} in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
@@ -154,8 +174,14 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=None, help="diffusion weights (default: random SD1.5-size weights)")
     ap.add_argument("--steps", type=int, default=2, help="denoising steps of the random diffusion weights")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--prepare-weights", metavar="DIR", default=None,
+                    help="only write random SD1.5-size weights (--steps steps) to DIR, for a later --weights DIR")
     args = ap.parse_args(argv)
     import torch
+
+    if args.prepare_weights:
+        write_random_weights(args.prepare_weights, args.steps)
+        return 0
 
     from fgp_fast.samples import driver_clip
     from fgp_fast.stream.protocol import encode_image
@@ -169,12 +195,9 @@ def main(argv=None) -> int:
     if args.renderer == "diffusion":
         weights = args.weights
         if weights is None:
-            from fgp_fast.pipeline import FGPortraitPipeline, PipelineConfig
-
             tmp = tempfile.TemporaryDirectory(prefix="fgp-bench-weights-")
             weights = tmp.name
-            FGPortraitPipeline.random("sd15", config=PipelineConfig(num_steps=args.steps)).save_pretrained(weights)
-            print(f"random SD1.5-size weights, {args.steps} steps")
+            write_random_weights(weights, args.steps)
         extra = ["--renderer", "diffusion", "--weights", weights]
     for size in args.sizes:
         server = ServerProcess(size, extra)

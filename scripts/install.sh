@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q "${FGP_TORCH:-torch==2.13.0}" "setuptools>=64" wheel
+python -m pip install -q "${FGP_TORCH:-torch==2.13.0}" "setuptools>=64" wheel ninja
 python -m pip install -q --no-build-isolation -e ".[${1:-test}]"
 python -m pip install -q -r requirements-mediapipe.txt
 python -m pip install -q --no-deps "mediapipe==0.10.21; platform_machine == 'x86_64' and python_version < '3.13'"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from ..errors import InputError, MissingDependencyError
+from ..errors import DataError, InputError, InputTypeError, MissingDependencyError
 
 __all__ = ["TensorRTStep", "build_engine"]
 
@@ -51,24 +51,54 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, fp16: bool = Tr
 
 
 class TensorRTStep:
-    """Run a built engine on CUDA tensors: ``step(*inputs) -> noise`` (inputs by name, as exported)."""
+    """Run a built engine on CUDA tensors: ``step(feeds) -> output`` (``feeds``: inputs by name, as exported).
+
+    TensorRT reads the bound addresses when the engine runs on the stream, after this call has returned.
+    The contiguous copies whose addresses are bound are therefore kept referenced (``self.bound``) until
+    the next call: freed at once, the caching allocator could hand their memory to the output or to
+    anything else allocated before the engine has read them."""
+
+    device_type = "cuda"
 
     def __init__(self, engine_path: str | Path):
         trt = _tensorrt()
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise DataError(f"TensorRT could not deserialize the engine {engine_path}")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.shapes = {n: tuple(self.engine.get_tensor_shape(n)) for n in self.inputs}
+        self.bound: tuple[Tensor, ...] = ()  # what the last enqueued run reads and writes
+
+    def _stream_handle(self, device: torch.device) -> int:
+        return torch.cuda.current_stream(device).cuda_stream
+
+    def _contiguous_input(self, name: str, feeds: dict[str, Tensor]) -> Tensor:
+        if name not in feeds:
+            raise InputError(f"engine input {name!r} missing")
+        t = feeds[name]
+        if not isinstance(t, Tensor):
+            raise InputTypeError(f"engine input {name!r} must be a tensor, got {type(t).__name__}")
+        if t.device.type != self.device_type:
+            raise InputTypeError(f"engine input {name!r} must be on {self.device_type}, got {t.device}")
+        want = self.shapes[name]
+        if t.dim() != len(want) or any(w >= 0 and w != g for w, g in zip(want, t.shape)):
+            raise InputError(f"engine input {name!r} has shape {tuple(t.shape)}, the engine was built for {want}")
+        return t.contiguous()
 
     def __call__(self, feeds: dict[str, Tensor]) -> Tensor:
-        for name in self.inputs:
-            if name not in feeds:
-                raise InputError(f"engine input {name!r} missing")
-            self.context.set_tensor_address(name, feeds[name].contiguous().data_ptr())
-        ref = feeds[self.inputs[0]]
-        out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), device=ref.device, dtype=ref.dtype)
+        inputs = [self._contiguous_input(name, feeds) for name in self.inputs]
+        device = inputs[0].device
+        if any(t.device != device for t in inputs):
+            raise InputTypeError(f"engine inputs must share one device, got {sorted({str(t.device) for t in inputs})}")
+        out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), device=device, dtype=inputs[0].dtype)
+        for name, t in zip(self.inputs, inputs):
+            self.context.set_tensor_address(name, t.data_ptr())
         self.context.set_tensor_address(self.output, out.data_ptr())
-        self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
+        self.bound = (*inputs, out)  # referenced before the enqueue, released at the next call
+        if not self.context.execute_async_v3(self._stream_handle(device)):
+            raise RuntimeError("TensorRT could not enqueue the engine")
         return out
