@@ -2,11 +2,14 @@
 
 Frames come back in order and the right size, edits change the output, and faults (malformed
 messages, truncated images, a 50 MB message, a client vanishing mid-frame, several clients at
-once) leave the server serving. The load test's size is set by FGP_STREAM_CLIENTS and
+once) leave the server serving. The hardening of issue 13 (images over the limits, foreign
+origins and hosts, the token on every route, idle sessions, decompression bombs, messages that
+do not match their schema) has one test per item; tests/test_stream_fuzz.py throws the rest. The load test's size is set by FGP_STREAM_CLIENTS and
 FGP_STREAM_SECONDS (default 8 clients for 20 s).
 """
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,10 +25,13 @@ pytest.importorskip("uvicorn", reason="the 'serve' extra (fastapi, uvicorn) is n
 pytest.importorskip("websockets", reason="the 'serve' extra (websockets) is not installed")
 
 from fgp_fast.stream.client import Client, ServerError, stream_frames
-from fgp_fast.stream.protocol import encode_image, pack
+from fgp_fast.stream.protocol import ProtocolError, decode_image, encode_image, pack
+from stream_inputs import png, png_header_only, request
 
 SIZE = 160
 TOKEN = "test-token"
+ALLOWED_ORIGIN = "https://app.example"
+REFUSED = "allowed|too large to decode"   # what an image over the limits is told
 CLIENTS = int(os.environ.get("FGP_STREAM_CLIENTS", "8"))
 SECONDS = float(os.environ.get("FGP_STREAM_SECONDS", "20"))
 
@@ -41,7 +47,8 @@ def clip():
 def server():
     from fgp_fast.stream.server import BackgroundServer, ServerConfig
 
-    config = ServerConfig(size=SIZE, token=TOKEN, max_sessions=CLIENTS + 3, max_message=2 * 2**20)
+    config = ServerConfig(size=SIZE, token=TOKEN, max_sessions=CLIENTS + 3, max_message=2 * 2**20,
+                          allow_origins=(ALLOWED_ORIGIN,))
     with BackgroundServer(config) as srv:
         yield srv
 
@@ -51,7 +58,8 @@ def connect(server, **kw) -> Client:
 
 
 def health(server) -> dict:
-    with urllib.request.urlopen(server.http_url + "health", timeout=5) as r:
+    request = urllib.request.Request(server.http_url + "health", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as r:
         return json.load(r)
 
 
@@ -239,6 +247,173 @@ def test_many_clients_at_once_memory_stays_flat(server, clip):
         render_one(c, clip[2], 0)
 
 
+# ------------------------------------------------------------------------------- issue 13 hardening
+def test_item1_image_outside_the_limits_gets_an_error_and_the_session_goes_on(server, clip):
+    """A 32767x2 PNG (a few hundred bytes) aborted the process in MediaPipe's OpenCV remap."""
+    bomb = png(32767, 2)
+    assert len(bomb) < 1000
+    with connect(server) as c:
+        c.send_raw(pack({"type": "frame", "id": 1}, bomb))
+        error = c.wait_for("error")
+        assert error["id"] == 1 and re.search("32767x2.*longest side allowed is 4096", error["message"]), error
+        c.send_raw(pack({"type": "source"}, bomb))
+        assert "source not changed" in c.wait_for("error")["message"]
+        for tiny in (png(1, 1), png(4096, 1), png(1, 4096)):  # inside the limits: rendered (no face)
+            c.send_raw(pack({"type": "frame", "id": 2}, tiny))
+            reply = c.wait_for("frame")
+            assert reply.header["face"] is False and reply.image.shape == (SIZE, SIZE, 3)
+        assert render_one(c, clip[0], 3).header["face"] is True
+
+
+def test_item1_session_refuses_shapes_mediapipe_cannot_take_whatever_the_limits():
+    from types import SimpleNamespace
+
+    from fgp_fast.stream.session import LANDMARKER_MAX_SIDE, Session
+
+    loose = SimpleNamespace(max_side=10**6, max_pixels=10**9)   # limits configured far too high
+    with pytest.raises(ProtocolError, match=f"over {LANDMARKER_MAX_SIDE} pixels a side"):
+        Session._decode(loose, png(LANDMARKER_MAX_SIDE + 1, 2), "frame")
+    assert Session._decode(loose, png(LANDMARKER_MAX_SIDE, 2), "frame").shape == (2, LANDMARKER_MAX_SIDE, 3)
+
+
+def _ws_status(server, **headers) -> int:
+    headers.setdefault("Host", f"127.0.0.1:{server.port}")
+    return request(server.port, f"/ws?token={TOKEN}", headers, websocket=True)[0]
+
+
+def test_item2_foreign_origins_and_hosts_are_refused(server):
+    own = f"http://127.0.0.1:{server.port}"
+    for origin in ("https://evil.example", "null", "http://127.0.0.1.evil.example", f"http://127.0.0.1.evil.example:"
+                   f"{server.port}", f"http://127.0.0.1:{server.port + 1}", f"https://127.0.0.1:{server.port}",
+                   f"{own}/path", "file://", "http://[::1", f"ws://127.0.0.1:{server.port}"):
+        assert _ws_status(server, Origin=origin) == 403, origin
+    for host in ("evil.example", f"evil.example:{server.port}", f"127.0.0.1.evil.example:{server.port}",
+                 f"localhost.:{server.port}", "", "[::1"):
+        assert _ws_status(server, Host=host, Origin=f"http://{host}") == 403, host
+        assert request(server.port, f"/health?token={TOKEN}", {"Host": host})[0] == 403, host
+    # Two Host headers: which one counts is ambiguous (h11 refuses them already; the guard would too).
+    assert _ws_status(server, Origin=own, **{"host": f"127.0.0.1:{server.port}", "HOST": "evil.example"}) in (400, 403)
+    # The server's own origin, by either loopback name, and one given with allow_origins.
+    assert _ws_status(server, Origin=own) == 101
+    assert _ws_status(server, Origin=f"http://localhost:{server.port}", Host=f"localhost:{server.port}") == 101
+    assert _ws_status(server, Origin=ALLOWED_ORIGIN) == 101
+    assert _ws_status(server) == 101   # no Origin: not a browser
+    wait_sessions(server, 0)
+
+
+def test_item2_allowed_hosts_follow_the_bind_address():
+    from fgp_fast.stream.guard import allowed_hosts, normalise_origin
+
+    names, any_ip = allowed_hosts("127.0.0.1")
+    assert {"localhost", "127.0.0.1", "::1"} <= names and not any_ip
+    names, any_ip = allowed_hosts("192.168.1.5", ["fgp.lan"])
+    assert names == {"192.168.1.5", "fgp.lan"} and not any_ip
+    names, any_ip = allowed_hosts("0.0.0.0")   # any IP (cannot be rebound), this machine's names
+    assert any_ip and "localhost" in names
+    assert normalise_origin("HTTP://Example.COM:80") == "http://example.com"
+    assert normalise_origin("https://[::1]:8443/") == "https://[::1]:8443"
+    assert normalise_origin("null") is None and normalise_origin("https://x.example/p") is None
+
+
+def test_item3_token_guards_every_route(server):
+    port, host = server.port, {"Host": f"127.0.0.1:{server.port}"}
+    for path in ("/", "/health", "/static/app.js", "/static/index.html", "/nope"):
+        assert request(port, path, host)[0] == 401, path
+        assert request(port, path + "?token=wrong", host)[0] == 401, path
+        assert request(port, path, {**host, "Authorization": "Bearer wrong"})[0] == 401, path
+        assert request(port, path, {**host, "Cookie": f"fgp_token_{port}=0123"})[0] == 401, path
+    assert request(port, "/health", {**host, "Authorization": f"Bearer {TOKEN}"})[0] == 200
+    assert request(port, f"/static/app.js?token={TOKEN}", host)[0] == 200
+    assert _ws_status(server) == 101 and request(port, "/ws", host, websocket=True)[0] == 401
+    # The page's first load: a redirect that drops the token from the URL and sets the cookie.
+    status, headers = request(port, f"/?token={TOKEN}&x=1", host)
+    assert status == 303 and headers["location"] == "/?x=1", headers
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+    jar = {**host, "Cookie": "other=1; " + cookie.split(";")[0]}
+    for path in ("/", "/health", "/static/app.js"):
+        assert request(port, path, jar)[0] == 200, path
+    assert request(port, "/ws", {**jar, "Origin": f"http://127.0.0.1:{port}"}, websocket=True)[0] == 101
+    wait_sessions(server, 0)
+
+
+def test_item4_idle_session_is_closed_with_a_clear_code_and_frees_its_slot(server, clip):
+    from websockets.exceptions import ConnectionClosed
+
+    from fgp_fast.stream.server import IDLE_CLOSE
+
+    wait_sessions(server, 0)
+    server.config.idle_timeout = 1.5  # the app reads its config live; the fixture's is 60 s
+    try:
+        idle, busy = connect(server), connect(server)
+        t0 = time.monotonic()
+        for i in range(8):  # one client keeps sending (frames count as activity), the other only answers pings
+            render_one(busy, clip[i % len(clip)], i)
+            time.sleep(max(0.0, t0 + 0.4 * (i + 1) - time.monotonic()))
+        with pytest.raises(ConnectionClosed) as closed:
+            idle.recv(timeout=10)
+        assert closed.value.rcvd.code == IDLE_CLOSE and "idle" in closed.value.rcvd.reason
+        render_one(busy, clip[0], 99)
+        busy.close()
+        idle.close()
+    finally:
+        server.config.idle_timeout = 60.0
+    wait_sessions(server, 0)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's own warning for 12000x12000
+def test_item5_pixel_limit_is_checked_from_the_header_and_memory_stays_flat(server, clip, monkeypatch):
+    wide, square = png(16777216, 1), png(12000, 12000, grey=True)
+    assert len(wide) < 100_000 and len(square) < 200_000
+    with connect(server) as c:
+        before = rss_mb()
+        for bomb in (wide, square, png_header_only(100000, 100000)):
+            c.send_raw(pack({"type": "source"}, bomb))
+            assert re.search(REFUSED, c.wait_for("error")["message"])
+            c.send_raw(pack({"type": "frame", "id": 4}, bomb))
+            assert re.search(REFUSED, c.wait_for("error")["message"])
+        grown = rss_mb() - before
+        assert grown < 40, f"resident memory grew by {grown:.0f} MB for images that were refused"
+        render_one(c, clip[0], 5)
+    # Refused before a pixel is decoded: decoding would raise something else here.
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("pixels were decoded"))
+    with pytest.raises(ProtocolError, match="16777216x1; the longest side allowed is 4096"):
+        decode_image(wide)
+    with pytest.raises(ProtocolError, match="9000000 pixels; at most 1048576"):
+        decode_image(png(3000, 3000, grey=True), max_pixels=2**20)
+
+
+def test_item6_messages_that_do_not_match_their_schema_get_an_error_and_the_session_goes_on(server, clip):
+    deep = "[" * 100_000                      # over the 64 KB control limit
+    within = '{"a": ' * 10_000 + "1" + "}" * 10_000   # under it: reaches the JSON parser's depth limit
+    nested = '{"type": "edits", "edits": {"yaw": ' + "[" * 500 + "]" * 500 + "}}"  # parses; the schema refuses
+    bad = [json.dumps({"type": "config", "format": [1]}), "{}", deep, within, nested, "[]", "null", '"edits"',
+           json.dumps({"type": "launch"}), json.dumps({"type": 5}), json.dumps({"type": None}),
+           json.dumps({"type": "config", "quality": True}), json.dumps({"type": "config", "quality": "80"}),
+           json.dumps({"type": "config", "quality": 101}), json.dumps({"type": "config", "extra": 1}),
+           '{"type": "edits", "edits": {"yaw": NaN}}', '{"type": "edits", "edits": {"yaw": 1e999}}',
+           json.dumps({"type": "edits", "edits": {"yaw": "5"}}), json.dumps({"type": "edits", "edits": {"a" * 200: 1}}),
+           json.dumps({"type": "edits", "edits": {f"k{i}": 0 for i in range(1000)}}),
+           json.dumps({"type": "edits"}), json.dumps({"type": "reset", "now": True}), "9" * 5000,
+           json.dumps({"type": "stats", "type2": "x"}), '{"type": "\\ud800"}', json.dumps({"type": "edits", "edits": {"yaw": 1000}})]
+    frames = [pack({"type": "frame", "id": "7"}, b"x"), pack({"type": "frame", "id": [[[1]]]}, b"x"),
+              pack({"type": "frame", "id": 2**60}, b"x"), pack({"type": "frame", "t": "now"}, b"x"),
+              pack({"type": "source", "id": 1}, b"x"), pack({"type": "frame", "id": 1, "extra": {}}, b"x"),
+              b"\0\0\x10\0" + b"[" * 4096]
+    with connect(server) as c:
+        for message in bad + frames:
+            c.send_raw(message)
+            error = c.wait_for("error")
+            assert error["message"] and len(error["message"]) <= 300, error
+            assert error["id"] is None or type(error["id"]) is int
+        c.send_control({"type": "stats"})
+        assert c.wait_for("stats")["processed"] == 0
+        c.configure("webp", 70)
+        assert render_one(c, clip[0], 1).header["format"] == "webp"
+
+
 # ------------------------------------------------------------------------------- commands
 def _stream_args(argv):
     import argparse
@@ -293,6 +468,11 @@ def test_fgp_serve_argument_errors(tmp_path, capsys):
     assert "--weights" in capsys.readouterr().err
     assert main(["serve", "--renderer", "diffusion", "--weights", str(tmp_path / "none")]) == 2
     assert "not a directory" in capsys.readouterr().err
+    for bad, message in ((["--idle-timeout", "-1"], "--idle-timeout"), (["--idle-timeout", "nan"], "--idle-timeout"),
+                         (["--allow-origin", "null"], "--allow-origin"), (["--max-image-side", "40000"],
+                                                                          "--max-image-side")):
+        assert main(["serve", *bad]) == 2, bad
+        assert message in capsys.readouterr().err
 
 
 def test_importing_the_package_and_cli_stays_light():

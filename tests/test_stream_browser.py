@@ -1,6 +1,8 @@
 """The `fgp serve` page in a real browser: headless Chromium with a fake camera fed from a generated
 clip opens the page, streams through the server, and the test reads the rendered canvas and the fps
-readout through the DevTools protocol. Skips only when no Chromium is installed (CI installs it)."""
+readout through the DevTools protocol. The server has a token: the page is opened once as
+/?token=..., which must leave an HttpOnly cookie that the page's scripts and socket then carry.
+Skips only when no Chromium is installed (CI installs it)."""
 import json
 import queue
 import shutil
@@ -18,6 +20,7 @@ pytest.importorskip("websockets", reason="the 'serve' extra (websockets) is not 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install -y chromium)")
 SIZE = 160
+TOKEN = "browser-token"
 
 
 def write_y4m(frames, path, fps: int = 25) -> None:
@@ -72,12 +75,12 @@ def browser_page(tmp_path):
     from fgp_fast.stream.server import BackgroundServer, ServerConfig
 
     write_y4m(driver_clip(256, 50, 25.0), tmp_path / "clip.y4m")
-    with BackgroundServer(ServerConfig(size=SIZE)) as server:
+    with BackgroundServer(ServerConfig(size=SIZE, token=TOKEN)) as server:
         cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", "--mute-audio",
                f"--user-data-dir={tmp_path / 'profile'}", "--use-fake-ui-for-media-stream",
                "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={tmp_path / 'clip.y4m'}",
-               "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", server.http_url]
+               "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", f"{server.http_url}?token={TOKEN}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         lines = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
@@ -95,7 +98,7 @@ def browser_page(tmp_path):
             while page is None and time.monotonic() < deadline:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
                     page = next((t for t in json.load(r) if t["type"] == "page" and
-                                 t["url"].startswith(server.http_url)), None)
+                                 t["url"] == server.http_url), None)  # redirected: the token left the URL
                 time.sleep(0.2)
             assert page is not None, "the page did not open"
             devtools = DevTools(page["webSocketDebuggerUrl"])
@@ -122,6 +125,8 @@ def test_page_streams_the_fake_camera(browser_page):
         assert time.monotonic() < deadline, f"the page got too few frames back in 60 s: {s}"
         time.sleep(0.5)
     assert not s["stats"]["errors"], s["stats"]["errors"]
+    assert browser_page.evaluate("location.href") == browser_page.evaluate("location.origin + '/'")
+    assert browser_page.evaluate("document.cookie") == ""   # HttpOnly: the page's scripts cannot read it
     assert (s["canvas"]["width"], s["canvas"]["height"]) == (SIZE, SIZE)
     assert s["canvas"]["std"] > 10, s["canvas"]   # a picture, not a blank canvas
     assert s["stats"]["face"] is True

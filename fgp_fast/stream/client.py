@@ -85,7 +85,8 @@ class Client:
         return Reply(header, decode_image(payload) if self.decode else None)
 
     def wait_for(self, kind: str, timeout: float | None = None) -> Reply | dict:
-        """The next message of type ``kind`` (frames in between are dropped); an error raises."""
+        """The next message of type ``kind`` (frames in between are dropped): a ``Reply`` for a frame,
+        the header dict for anything else; an error raises."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             left = deadline - time.monotonic()
@@ -95,7 +96,7 @@ class Client:
             if reply.type == "error" and kind != "error":
                 raise ServerError(reply.header["message"])
             if reply.type == kind:
-                return reply if reply.image is not None else reply.header
+                return reply if reply.type == "frame" else reply.header  # a frame: the Reply (image unless decode=False)
 
     def close(self) -> None:
         self.ws.close()

@@ -1,7 +1,8 @@
 """Wire format of the streaming socket, shared by the server, the Python client and the page.
 
 Binary messages carry an image: a 4-byte big-endian header length, a UTF-8 JSON header, then the
-image bytes (JPEG, WebP or PNG). Text messages are JSON control messages without a payload.
+image bytes (JPEG, WebP or PNG). Text messages are JSON control messages without a payload. The
+server checks every header and control message against the schemas in ``messages.py``.
 
 Client -> server
   binary {"type": "frame", "id": int, "t": client ms}      + driver frame (JPEG/WebP/PNG)
@@ -26,11 +27,15 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["MAX_HEADER", "ProtocolError", "control", "decode_image", "encode_image", "pack", "unpack"]
+__all__ = ["MAX_CONTROL", "MAX_HEADER", "MAX_PIXELS", "MAX_SIDE", "ProtocolError", "control", "decode_image",
+           "encode_image", "pack", "unpack"]
 
 MAX_HEADER = 4096            # bytes of JSON header; more is malformed
-MAX_PIXELS = 4096 * 4096     # decoded image area; more is refused before decoding (decompression bombs)
+MAX_CONTROL = 64 * 2**10     # bytes of a text (control) message; the longest real one is a few KB of edits
+MAX_PIXELS = 4096 * 4096     # decoded image area a client may send (tighter than the library's default)
+MAX_SIDE = 4096              # longest side a client may send
 FORMATS = {"jpeg": "JPEG", "webp": "WEBP"}
+_DECODE = ("JPEG", "WEBP", "PNG")   # what clients may send
 _LEN = struct.Struct(">I")
 
 
@@ -56,16 +61,20 @@ def unpack(message: bytes) -> tuple[dict, bytes]:
 
 def control(text: str) -> dict:
     """A text (control) message -> its JSON object."""
+    if len(text) > MAX_CONTROL:  # characters: at least as many bytes
+        raise ProtocolError(f"control message of {len(text)} characters is over {MAX_CONTROL}")
     return _json(text)
 
 
 def _json(raw) -> dict:
     try:
         obj = json.loads(raw)
+    except RecursionError:  # json's C parser stops deeply nested input this way, cleanly
+        raise ProtocolError("message is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"header is not valid JSON: {exc}") from None
+        raise ProtocolError(f"message is not valid JSON: {exc}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-        raise ProtocolError("a message header is a JSON object with a string 'type'")
+        raise ProtocolError("a message (or binary header) is a JSON object with a string 'type'")
     return obj
 
 
@@ -78,18 +87,14 @@ def encode_image(image: np.ndarray, fmt: str = "jpeg", quality: int = 85) -> byt
     return out.getvalue()
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """JPEG/WebP/PNG bytes -> (H, W, 3) uint8 RGB; truncated or oversized images raise ProtocolError."""
-    from PIL import Image
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE,
+                 name: str = "image") -> np.ndarray:
+    """JPEG/WebP/PNG bytes -> (H, W, 3) uint8 RGB through the library's one decoder
+    (``fgp_fast.media.images``: the size is checked from the header before a pixel is decoded),
+    with the stream's tighter default limits; any refusal is a ProtocolError."""
+    from ..media.images import decode_image as decode
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ProtocolError(f"image of {img.width}x{img.height} is over {MAX_PIXELS} pixels")
-            if img.format not in ("JPEG", "WEBP", "PNG"):
-                raise ProtocolError(f"images must be JPEG, WebP or PNG, got {img.format}")
-            return np.asarray(img.convert("RGB"))
-    except ProtocolError:
-        raise
-    except Exception as exc:  # PIL raises several types for broken data (OSError, SyntaxError, ...)
-        raise ProtocolError(f"cannot decode image: {exc}") from None
+        return decode(data, max_pixels=max_pixels, max_side=max_side, formats=_DECODE, name=name)
+    except InputError as exc:
+        raise ProtocolError(str(exc)) from None

@@ -6,19 +6,20 @@ Latest frame wins. Each connection has two one-item slots, driver frames -> trac
 stage; a new item replaces one that is still waiting (counted as dropped), so a slow renderer makes
 the server skip frames, never queue them. Every stage runs in one shared, fixed-size thread pool;
 a session has at most one job per stage in it. Server-wide: at most ``max_sessions`` connections.
-Messages over ``max_message`` bytes, malformed JSON and undecodable images get an error message
-and the session goes on; the transport drops a connection whose message is over ``TRANSPORT_MAX``.
+Messages over ``max_message`` bytes, messages that do not match their schema (``messages.py``),
+undecodable images and images over ``max_side``/``max_pixels`` (checked from the header) get an
+error message and the session goes on; the transport drops a connection whose message is over
+``TRANSPORT_MAX``. A session that sends nothing for ``idle_timeout`` seconds is closed (4008).
+Who may connect at all (Host, Origin, token) is checked in front of every route (``guard.py``).
 """
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # At module level: FastAPI resolves the endpoint's ``ws: WebSocket`` annotation by name here.
@@ -27,36 +28,36 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocketDisconnect
 
-from .protocol import ProtocolError, control, pack, unpack
+from .guard import Guard, is_loopback
+from .messages import MAX_ID, Config, Edits, Frame, Reset, Source, Stats, parse_binary, parse_control
+from .protocol import MAX_PIXELS, MAX_SIDE, ProtocolError, pack, unpack
 from ..errors import InputError
 
-__all__ = ["TRANSPORT_MAX", "BackgroundServer", "ServerConfig", "create_app", "is_loopback"]
+__all__ = ["IDLE_CLOSE", "TRANSPORT_MAX", "BackgroundServer", "ServerConfig", "create_app", "is_loopback"]
 
 STATIC = Path(__file__).parent / "static"
 TRANSPORT_MAX = 64 * 2**20   # bigger messages close the socket (1009); up to it they get an error reply
+IDLE_CLOSE = 4008            # close code for a session idle past ``idle_timeout`` (cf. HTTP 408)
 
 
 @dataclass
 class ServerConfig:
     size: int = 256                  # longer side of the source portrait and the output, pixels
     mode: str = "relative"           # driving mode (see fgp_fast.motion)
-    token: str | None = None         # required from clients when set (always, off loopback)
+    token: str | None = None         # required from clients on every route when set (always, off loopback)
+    host: str = "127.0.0.1"          # the bound address: which Host headers are this server's
+    allow_hosts: tuple[str, ...] = ()    # more names clients may reach it by (a proxy, a DNS name)
+    allow_origins: tuple[str, ...] = ()  # more web origins whose pages may open /ws, e.g. https://x.example
     max_sessions: int = 8            # concurrent connections, server-wide
     max_message: int = 4 * 2**20     # bytes per message the app accepts
+    max_side: int = MAX_SIDE         # longest side of an image a client sends (frame or source), pixels
+    max_pixels: int = MAX_PIXELS     # width x height of such an image
+    idle_timeout: float | None = 60.0    # seconds without a message before a session is closed (None: never)
     workers: int = 4                 # threads shared by all sessions' stages
     torch_threads: int | None = 1    # intra-op threads per stage (process-wide; None leaves it):
                                      # the stages are many small ops, so one thread each and the two
                                      # stages side by side beat two threads fighting over each op
     diffusion: object = None         # a DiffusionRenderer, or None for the warp renderer
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class LatestSlot:
@@ -91,10 +92,6 @@ class _Server:
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    def authorised(self, token: str | None) -> bool:
-        want = self.config.token
-        return want is None or (token is not None and hmac.compare_digest(token.encode(), want.encode()))
-
     def default_portrait(self):
         from ..portrait import Portrait
         from ..samples import astronaut_portrait
@@ -123,6 +120,8 @@ def create_app(config: ServerConfig):
             torch.set_num_threads(threads)  # an in-process server (tests) leaves the process as it was
 
     app = FastAPI(title="fgp stream", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, bind=config.host, token=config.token, allow_origins=config.allow_origins,
+                       allow_hosts=config.allow_hosts)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/")
@@ -135,10 +134,7 @@ def create_app(config: ServerConfig):
                              "max_sessions": config.max_sessions})
 
     @app.websocket("/ws")
-    async def socket(ws: WebSocket):
-        if not state.authorised(ws.query_params.get("token")):
-            await ws.close(code=1008, reason="missing or wrong token")
-            return
+    async def socket(ws: WebSocket):  # Guard has checked Host, Origin and the token
         await ws.accept()
         if state.sessions >= config.max_sessions:
             await ws.send_text(json.dumps({"type": "error", "message": f"server full ({config.max_sessions} "
@@ -163,6 +159,7 @@ class _Connection:
         self.frames, self.tracked = LatestSlot(), LatestSlot()
         self.send_lock = asyncio.Lock()
         self.processed = 0
+        self.in_flight = 0   # frames received and not yet answered (rendered, dropped or refused)
         self.session = None
         self.source_task = None
 
@@ -179,13 +176,16 @@ class _Connection:
     async def serve(self) -> None:
         from .session import Session
 
-        state = self.state
-        self.session = await state.run(Session, state.portrait, state.config.mode)
+        state, config = self.state, self.state.config
+        self.session = await state.run(Session, state.portrait, config.mode, config.max_side, config.max_pixels)
         loops = [asyncio.create_task(self._track_loop()), asyncio.create_task(self._render_loop())]
         try:
             await self.send(json.dumps(self.session.ready(self._renderer())))
             while True:
-                message = await self.ws.receive()
+                message = await self._receive()
+                if message is None:
+                    await self.ws.close(code=IDLE_CLOSE, reason=f"idle: no message for {config.idle_timeout:g} s")
+                    break
                 if message["type"] == "websocket.disconnect":
                     break
                 await self._handle(message.get("bytes"), message.get("text"))
@@ -204,6 +204,16 @@ class _Connection:
                 self.session.close()
             self.session = None
 
+    async def _receive(self) -> dict | None:
+        """The next message, or None once the client has sent nothing for ``idle_timeout`` seconds
+        (waiting for its frames or its source upload to be processed does not count as idle)."""
+        while True:
+            try:
+                return await asyncio.wait_for(self.ws.receive(), self.state.config.idle_timeout)
+            except asyncio.TimeoutError:
+                if not self.in_flight and (self.source_task is None or self.source_task.done()):
+                    return None
+
     def _renderer(self) -> str:
         return "warp" if self.state.config.diffusion is None else "diffusion"
 
@@ -214,39 +224,33 @@ class _Connection:
             return
         try:
             if data is not None:
-                header, payload = unpack(data)
-                await self._binary(header, payload)
+                await self._binary(*parse_binary(data))
             elif text is not None:
-                await self._control(control(text))
+                await self._control(parse_control(text))
         except ProtocolError as exc:
             await self.error(str(exc), _frame_id(data))
 
-    async def _binary(self, header: dict, payload: bytes) -> None:
-        kind = header["type"]
-        if kind == "frame":
-            if not payload:
-                raise ProtocolError("frame message without image bytes")
+    async def _binary(self, header: Frame | Source, payload: bytes) -> None:
+        if not payload:
+            raise ProtocolError(f"{header.type} message without image bytes")
+        if isinstance(header, Frame):
+            self.in_flight += 1
             await self._put(self.frames, (header, payload, time.perf_counter()))
-        elif kind == "source":
-            if self.source_task is not None and not self.source_task.done():
-                raise ProtocolError("a source upload is still being processed")
-            self.source_task = asyncio.create_task(self._set_source(payload))
+        elif self.source_task is not None and not self.source_task.done():
+            raise ProtocolError("a source upload is still being processed")
         else:
-            raise ProtocolError(f"unknown binary message type {kind!r} (frame, source)")
+            self.source_task = asyncio.create_task(self._set_source(payload))
 
-    async def _control(self, message: dict) -> None:
-        kind = message["type"]
-        if kind == "edits":
-            self.session.set_edits(message.get("edits"))
-        elif kind == "reset":
+    async def _control(self, message: Edits | Reset | Config | Stats) -> None:
+        if isinstance(message, Edits):
+            self.session.set_edits(message.edits)
+        elif isinstance(message, Reset):
             self.session.request_reset()
-        elif kind == "config":
-            self.session.configure(message)
-        elif kind == "stats":
+        elif isinstance(message, Config):
+            self.session.configure(message.format, message.quality)
+        else:
             await self.send(json.dumps({"type": "stats", "dropped": self.frames.dropped + self.tracked.dropped,
                                         "processed": self.processed}))
-        else:
-            raise ProtocolError(f"unknown message type {kind!r} (edits, reset, config, stats)")
 
     async def _set_source(self, payload: bytes) -> None:
         try:
@@ -260,18 +264,18 @@ class _Connection:
         """Hand ``item`` to a stage; a frame it replaces is dropped, and the client told so."""
         replaced = slot.put(item)
         if replaced is not None:
-            await self.send(json.dumps({"type": "dropped", "id": replaced[0].get("id")}))
+            self.in_flight -= 1
+            await self.send(json.dumps({"type": "dropped", "id": replaced[0].id}))
 
     async def _track_loop(self) -> None:
         while True:
             header, payload, received = await self.frames.get()
             try:
                 driven, ms = await self.state.run(self.session.track, payload)
-            except ProtocolError as exc:
-                await self.error(str(exc), header.get("id"))
-                continue
-            except Exception as exc:  # a bug or a bad fit must not end the session: report it
-                await self.error(f"tracking failed: {type(exc).__name__}: {exc}", header.get("id"))
+            except Exception as exc:  # a bad frame, a bug or a bad fit must not end the session: report it
+                self.in_flight -= 1
+                await self.error(str(exc) if isinstance(exc, ProtocolError) else
+                                 f"tracking failed: {type(exc).__name__}: {exc}", header.id)
                 continue
             await self._put(self.tracked, (header, driven, ms, received))
 
@@ -281,20 +285,24 @@ class _Connection:
             try:
                 data, ms2 = await self.state.run(self.session.render, driven)
             except Exception as exc:
-                await self.error(f"rendering failed: {type(exc).__name__}: {exc}", header.get("id"))
+                await self.error(f"rendering failed: {type(exc).__name__}: {exc}", header.id)
                 continue
-            out = {"type": "frame", "id": header.get("id"), "t": header.get("t"), "face": driven is not None,
+            finally:
+                self.in_flight -= 1
+            out = {"type": "frame", "id": header.id, "t": header.t, "face": driven is not None,
                    "format": self.session.format, "ms": {**ms, **ms2,
                                                          "server": round((time.perf_counter() - received) * 1000, 2)}}
             await self.send(data=pack(out, data))
             self.processed += 1
 
 
-def _frame_id(data: bytes | None):
+def _frame_id(data: bytes | None) -> int | None:
+    """The id of a refused binary message, when it has a usable one (never echo arbitrary JSON back)."""
     try:
-        return unpack(data)[0].get("id") if data is not None else None
+        frame_id = unpack(data)[0].get("id") if data is not None else None
     except ProtocolError:
         return None
+    return frame_id if type(frame_id) is int and abs(frame_id) <= MAX_ID else None
 
 
 class BackgroundServer:
@@ -309,7 +317,7 @@ class BackgroundServer:
 
         if not is_loopback(host) and not (config and config.token):
             raise InputError(f"binding {host} (not loopback) needs a token")
-        self.config = config or ServerConfig()
+        self.config = replace(config or ServerConfig(), host=host)
         self.app = create_app(self.config)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
                                                     ws_max_size=TRANSPORT_MAX, lifespan="on"))

@@ -14,15 +14,17 @@ import numpy as np
 
 from ..errors import InputError
 from ..motion import ANGLES, Edit, Motion, apply_edits, drive, edits_from_mapping
-from .protocol import FORMATS, ProtocolError, decode_image, encode_image
+from .protocol import MAX_PIXELS, MAX_SIDE, ProtocolError, decode_image, encode_image
 
 __all__ = ["Session"]
+
+LANDMARKER_MAX_SIDE = 32766  # MediaPipe's OpenCV remap aborts the whole process at SHRT_MAX (32767)
 
 
 class Session:
     """One client's source, tracker and edits. ``track`` and ``render`` may run concurrently."""
 
-    def __init__(self, portrait, mode: str = "relative"):
+    def __init__(self, portrait, mode: str = "relative", max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS):
         from ..landmarks import FaceLandmarker
         from .tracker import DriverTracker
 
@@ -30,6 +32,7 @@ class Session:
         self.mode = mode
         self.edits: list[Edit] = []
         self.format, self.quality = "jpeg", 85
+        self.max_side, self.max_pixels = max_side, max_pixels
         self._landmarker = FaceLandmarker(video=True, max_faces=1)
         self.tracker = DriverTracker(portrait.head, self._landmarker)
         self._reset = False
@@ -46,19 +49,15 @@ class Session:
     def request_reset(self) -> None:
         self._reset = True  # applied by the next track(), which owns the tracker
 
-    def configure(self, message: dict) -> None:
-        fmt, quality = message.get("format", self.format), message.get("quality", self.quality)
-        if fmt not in FORMATS:
-            raise ProtocolError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-            raise ProtocolError(f"quality must be an integer in [1, 100], got {quality!r}")
-        self.format, self.quality = fmt, quality
+    def configure(self, fmt: str | None = None, quality: int | None = None) -> None:
+        """Output encoding (values checked by the message schema, ``messages.Config``)."""
+        self.format, self.quality = fmt or self.format, quality or self.quality
 
     # ----------------------------------------------------------------- stages (worker threads)
     def track(self, data: bytes) -> tuple[Motion | None, dict]:
         """Driver frame bytes -> (the driver's motion, or None without a face; stage timings in ms)."""
         t0 = time.perf_counter()
-        frame = decode_image(data)
+        frame = self._decode(data, "frame")
         t1 = time.perf_counter()
         with self._track_lock:
             if self._landmarker is None:
@@ -95,12 +94,20 @@ class Session:
         from ..media import fit_size, resize
         from ..portrait import Portrait
 
-        image = decode_image(data)
+        image = self._decode(data, "source")
         image = resize(image, *fit_size(*image.shape[:2], size))
         try:
             self.portrait = Portrait(image, "the uploaded source", renderer=diffusion)
         except InputError as exc:  # no face, or too small for the renderer
             raise ProtocolError(str(exc)) from None
+
+    def _decode(self, data: bytes, name: str) -> np.ndarray:
+        """Image bytes -> RGB within this session's limits, and a shape MediaPipe can take whatever they are."""
+        image = decode_image(data, max_side=self.max_side, max_pixels=self.max_pixels, name=name)
+        if max(image.shape[:2]) > LANDMARKER_MAX_SIDE:
+            raise ProtocolError(f"{name} of {image.shape[1]}x{image.shape[0]} is over {LANDMARKER_MAX_SIDE} "
+                                f"pixels a side")
+        return image
 
     def ready(self, renderer: str) -> dict:
         names = self.portrait.head.expression_names

@@ -33,10 +33,10 @@ function unpack(buffer) {
 function status(text) { $("status").textContent = text; }
 
 function connect() {
-  const token = new URLSearchParams(location.search).get("token");
+  // With --token, the first load of /?token=... left an HttpOnly cookie that the socket carries.
   const url = new URL("ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  if (token) url.searchParams.set("token", token);
+  url.search = "";
   socket = new WebSocket(url);
   socket.binaryType = "arraybuffer";
   socket.onmessage = (event) => (typeof event.data === "string" ? onControl(JSON.parse(event.data)) : onFrame(event.data));
