@@ -84,6 +84,9 @@ class _Server:
     """State shared by all connections."""
 
     def __init__(self, config: ServerConfig):
+        from ..threads import serial_blas
+
+        serial_blas()  # frames of several sessions run at once: BLAS's own threads would fight them
         self.config = config
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="fgp-stream")
         self.sessions = 0
