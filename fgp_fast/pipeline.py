@@ -165,7 +165,7 @@ class FGPortraitPipeline:
                 if (directory / "vae_tiny" / "config.json").is_file() else None)
         pipe = cls(unet, UNet2DConditionModel.from_pretrained(directory / "appearance_net", **load),
                    ControlNetModel.from_pretrained(directory / "controlnet", **load),
-                   _vae_class(directory / "vae").from_pretrained(directory / "vae", **load),
+                   _load_vae(directory / "vae"),
                    load_file(str(directory / TEXT_NAME))["text_embeddings"], config, tiny, motion)
         if (directory / "scheduler").is_dir():
             pipe.scheduler = SCHEDULERS[config.scheduler].from_pretrained(directory / "scheduler")
@@ -312,11 +312,13 @@ class FGPortraitPipeline:
         return latents if output == "latent" else self.decode(latents)
 
 
-def _vae_class(directory: Path):
-    """The autoencoder class a saved ``vae/`` holds: SD's AutoencoderKL or the weight-free
-    PatchAutoencoder of pixel-space weights (``random("small")``)."""
+def _load_vae(directory: Path):
+    """The autoencoder a saved ``vae/`` holds: SD's AutoencoderKL, or the weight-free
+    PatchAutoencoder of pixel-space weights (``random("small")``; a config and no weights file)."""
     name = json.loads((directory / "config.json").read_text()).get("_class_name")
-    return PatchAutoencoder if name == PatchAutoencoder.__name__ else AutoencoderKL
+    if name == PatchAutoencoder.__name__:
+        return PatchAutoencoder.from_config(PatchAutoencoder.load_config(directory))
+    return AutoencoderKL.from_pretrained(directory, local_files_only=True)
 
 
 def _text_embeddings(source: Tensor | str | Path) -> Tensor:

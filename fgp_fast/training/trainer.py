@@ -261,8 +261,11 @@ def _optimizer_step(run: _Run, cfg: TrainConfig, step: int, batches) -> float:
     for micro in range(cfg.grad_accum):
         first = ((step * cfg.grad_accum + micro) * world + rank) * B
         batch = next(batches)
-        flow = condition_maps(run.dataset, batch, cfg.condition, cfg.n_samples, cfg.flow_delta, cfg.flow_sampling,
-                              cfg.flow_backend, device)
+        flow = batch.get("condition")
+        if flow is None:
+            flow = condition_maps(run.dataset, batch, cfg.condition, cfg.n_samples, cfg.flow_delta, cfg.flow_sampling,
+                                  cfg.flow_backend, device)
+        flow = flow.to(device)
         noise, timesteps = _noise(cfg.seed, range(first, first + B), (F, core.latent_channels, latent, latent),
                                   core.num_train_timesteps)
         with acc.autocast():
@@ -396,8 +399,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     run.model.train()
     from .loader import micro_batches
 
+    import functools
+
+    from .conditions import condition_maps
+
+    # on the CPU the loader workers build the condition maps too, in parallel with the step
+    in_workers = functools.partial(condition_maps, condition=cfg.condition, n_samples=cfg.n_samples,
+                                   delta=cfg.flow_delta, sampling=cfg.flow_sampling, backend=cfg.flow_backend,
+                                   device="cpu") if acc.device.type == "cpu" else None
     batches = micro_batches(run.dataset, cfg.batch_size, acc.num_processes, acc.process_index,
-                            step * cfg.grad_accum, cfg.steps * cfg.grad_accum, cfg.loader_workers)
+                            step * cfg.grad_accum, cfg.steps * cfg.grad_accum, cfg.loader_workers, in_workers)
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
