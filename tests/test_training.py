@@ -106,6 +106,13 @@ def data(videos, tmp_path_factory):
     return out
 
 
+def _clip(data, stem: str):
+    """The clip folder prepared from ``<stem>.mp4`` (its name carries a hash of the path)."""
+    from fgp_fast.data.prepare import clip_name
+
+    return data / "clips" / clip_name(data / f"{stem}.mp4", data)
+
+
 def _config(data, out, **kw):
     base = {"data": str(data), "output": str(out), "n_samples": 4, "batch_size": 2, "lr": 1e-3, "steps": 6, "checkpoint_every": 2,
                 "progress": False, "log_every": 1}
@@ -118,14 +125,16 @@ def test_prepare_layout_skips_and_resumes(data, videos, capsys):
 
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["size"] == SIZE
-    assert sorted(c["name"] for c in manifest["clips"]) == ["good0", "good1"]
+    names = {_clip(data, "good0").name, _clip(data, "good1").name}
+    assert sorted(c["name"] for c in manifest["clips"]) == sorted(names)
+    assert all(n.startswith(("good0-", "good1-")) for n in names)
     reasons = {os.path.basename(s["video"]): s["reason"] for s in manifest["skipped"]}
     assert set(reasons) == {"corrupt.mp4", "noface.mp4", "short.mp4"}
     assert "no face" in reasons["noface.mp4"] and "too short" in reasons["short.mp4"]
-    frames = np.load(data / "clips" / "good0" / "frames.npy")
+    frames = np.load(_clip(data, "good0") / "frames.npy")
     assert frames.shape == (6, SIZE, SIZE, 3) and frames.dtype == np.uint8 and frames.std() > 10
     report = prepare(videos, data, size=SIZE, min_frames=4, fit_steps=100, log=lambda s: None)
-    assert sorted(report.reused) == ["good0", "good1"] and not report.prepared
+    assert sorted(report.reused) == sorted(names) and not report.prepared
 
 
 def test_prepare_recovers_known_rotation(data, synthetic):
@@ -134,7 +143,7 @@ def test_prepare_recovers_known_rotation(data, synthetic):
 
     _, known = synthetic
     for name in ("good0", "good1"):
-        fit = FitResult.load(data / "clips" / name / "params.npz")
+        fit = FitResult.load(_clip(data, name) / "params.npz")
         assert fit.tracked.all()
         fitted = axis_angle_to_matrix(torch.from_numpy(fit.rotation).double())
         err = torch.rad2deg(matrix_to_axis_angle(fitted @ known[name].transpose(-1, -2)).norm(dim=-1))
@@ -142,6 +151,77 @@ def test_prepare_recovers_known_rotation(data, synthetic):
         # Measured on 30 random clips (64 px crops, 100 fitter steps): mean error per clip 1.3-3.9
         # degrees, worst frame 5.0, while the heads turned by 9-25 degrees.
         assert float(err.mean()) < 4.5 and float(err.max()) < 7.0, (name, err, moved)
+
+
+def _prepare_cli(*argv) -> int:
+    from fgp_fast.cli import main
+
+    return main(["prepare", *map(str, argv)])
+
+
+def test_prepare_clip_names_never_collide(videos, tmp_path, capsys):
+    """Issue 13, item 16: names that sanitise alike were counted "already done" and listed twice."""
+    src = tmp_path / "videos"
+    (src / "sub").mkdir(parents=True)
+    names = ["a b.mp4", "a_b.mp4", "clip.mp4", "clip.mkv", "sub/x.mp4", "sub__x.mp4"]
+    for n in names:
+        shutil.copy(videos / "good0.mp4", src / n)
+    out = tmp_path / "data"
+    argv = ["--videos", src, "--out", out, "--size", SIZE, "--min-frames", 4, "--fit-steps", 20]
+    assert _prepare_cli(*argv) == 0
+    assert "6 clip(s) prepared, 0 already done, 0 skipped" in capsys.readouterr().out
+    clips = json.loads((out / "manifest.json").read_text())["clips"]
+    assert len(clips) == 6 and len({c["name"] for c in clips}) == 6
+    assert sorted(os.path.relpath(c["video"], src) for c in clips) == sorted(names)
+    assert _prepare_cli(*argv) == 0                                      # a rerun finds every clip done
+    assert "0 clip(s) prepared, 6 already done" in capsys.readouterr().out
+    assert len(json.loads((out / "manifest.json").read_text())["clips"]) == 6
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--max-frames", "-8"], "--max-frames must be an integer >= 0"),
+    (["--max-frames", "3"], "is below min_frames"),
+    (["--min-frames", "1"], "--min-frames must be an integer >= 2"),
+    (["--size", "12"], "--size must be a positive multiple of 8"),
+    (["--margin", "0"], "--margin must be in [1, 10]"),
+    (["--fit-steps", "0"], "--fit-steps must be an integer >= 1"),
+])
+def test_prepare_refuses_bad_arguments(videos, tmp_path, capsys, argv, needle):
+    out = tmp_path / "data"
+    assert _prepare_cli("--videos", videos, "--out", out, *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_prepare_max_frames_keeps_that_many(videos, tmp_path):
+    from fgp_fast.data.prepare import PrepareSettings, prepare_clip
+
+    info = prepare_clip(videos / "good0.mp4", tmp_path / "clip", PrepareSettings(size=SIZE, min_frames=2,
+                                                                                  max_frames=4, fit_steps=10))
+    assert info["frames"] == 4 and np.load(tmp_path / "clip" / "frames.npy").shape[0] == 4
+
+
+@pytest.mark.parametrize("damage", ["corrupt clip.json", "missing frames.npy", "empty clip.json"])
+def test_prepare_redoes_a_damaged_clip_folder(data, videos, tmp_path, damage):
+    from fgp_fast.data.prepare import prepare
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    bad = _clip(copy, "good0")
+    if damage == "corrupt clip.json":
+        (bad / "clip.json").write_text("{not json")
+    elif damage == "missing frames.npy":
+        (bad / "frames.npy").unlink()
+    else:
+        (bad / "clip.json").write_text("")
+    logged = []
+    report = prepare(videos, copy, size=SIZE, min_frames=4, fit_steps=20, log=logged.append)
+    assert report.prepared == [bad.name] and report.reused == [_clip(copy, "good1").name]
+    assert any("damaged" in line for line in logged)
+    clips = json.loads((copy / "manifest.json").read_text())["clips"]
+    assert sorted(c["name"] for c in clips) == sorted([bad.name, _clip(copy, "good1").name])
+    assert json.loads((bad / "clip.json").read_text())["frames"] == 6 and (bad / "frames.npy").is_file()
 
 
 def test_dataset_deterministic_and_flow(data):
@@ -163,7 +243,7 @@ def test_flow_uses_each_clips_camera(data, tmp_path):
     two = tmp_path / "two"
     shutil.copytree(data, two)
     rng = np.random.default_rng()
-    params = two / "clips" / "good1" / "params.npz"
+    params = _clip(two, "good1") / "params.npz"
     fit = FitResult.load(params)
     fit.replace(focal=fit.focal * rng.uniform(1.2, 1.5)).save(params)
     ds = ClipDataset(two, frames=2, seed=int(rng.integers(1 << 30)))
@@ -173,7 +253,7 @@ def test_flow_uses_each_clips_camera(data, tmp_path):
     batch = ds.batch(picks)
     flow = ds.flow(batch, n_samples=4)
     assert flow.shape == (2, 2, 12, SIZE, SIZE)
-    cams = [FitResult.load(two / "clips" / name / "params.npz").camera() for name in ("good0", "good1")]
+    cams = [FitResult.load(_clip(two, name) / "params.npz").camera() for name in ("good0", "good1")]
     faces = ds.head.faces
     for b, c in enumerate((0, 1)):
         for cam, same in ((cams[c], True), (cams[1 - c], False)):
@@ -218,7 +298,7 @@ def test_sample_grids(data, tmp_path):
     a, b = (_png(out / "samples" / n) for n in names)
     assert a.shape == (SIZE, 4 * SIZE, 3)
     panels = [a[:, i * SIZE:(i + 1) * SIZE] for i in range(4)]
-    frames = np.load(data / "clips" / "good0" / "frames.npy")
+    frames = np.load(_clip(data, "good0") / "frames.npy")
     assert np.abs(panels[0] - frames[0]).max() <= 1 and np.abs(panels[1] - frames[-1]).max() <= 1
     assert panels[2].std() > 5 and panels[3].std() > 1  # flow magnitude and generated are not flat
     # the same fixed sample, rendered by different weights
@@ -357,8 +437,8 @@ def test_stage2_trains_only_temporal_layers(data, tmp_path):
 def test_bad_dataset_is_a_clear_error(data, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(data, broken)
-    (broken / "clips" / "good1" / "params.npz").unlink()
-    with pytest.raises(DataError, match="good1: missing params.npz"):
+    (_clip(broken, "good1") / "params.npz").unlink()
+    with pytest.raises(DataError, match="good1-[0-9a-f]+: missing params.npz"):
         ClipDataset(broken)
     with pytest.raises(DataError, match="no manifest"):
         ClipDataset(tmp_path)

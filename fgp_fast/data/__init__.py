@@ -7,10 +7,12 @@ Layout written by :func:`fgp_fast.data.prepare.prepare` (one folder per clip, a 
                                 "skipped": [{"video", "reason"}]}
       clips/<name>/frames.npy  (T, S, S, 3) uint8 RGB, the face crop (one fixed box per clip) resized to S x S
       clips/<name>/params.npz  FitResult.save(): head-model parameters per frame at the S x S crop's camera
-      clips/<name>/clip.json   {"video", "box": [x0, y0, side], "frames", "fps", "tracked"}
+      clips/<name>/clip.json   {"video", "box": [x0, y0, side], "size", "frames", "fps", "tracked"}
 
-A clip folder is written under a temporary name and renamed when complete, so an interrupted
-``prepare`` leaves no half clip; rerunning it skips finished clips (resumable).
+``<name>`` is the video's relative path made readable plus a short hash of it (never two videos
+in one folder). A clip folder is written under a temporary name and renamed when complete, so an
+interrupted ``prepare`` leaves no half clip; rerunning it skips finished clips (resumable) and
+prepares again a folder that is incomplete or damaged (e.g. an unreadable clip.json).
 """
 from .dataset import ClipDataset, DataError
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["VIDEO_EXTENSIONS", "PrepareReport", "PrepareSettings", "prepare", "prepare_clip"]
+__all__ = ["VIDEO_EXTENSIONS", "PrepareReport", "PrepareSettings", "clip_name", "prepare", "prepare_clip"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 MANIFEST = "manifest.json"
@@ -63,11 +63,30 @@ class PrepareReport:
     skipped: list[dict] = field(default_factory=list)     # {"video", "reason"}
 
 
-def _clip_name(video: Path, root: Path) -> str:
+def clip_name(video: Path, root: Path) -> str:
+    """A readable, collision-free folder name: the sanitised relative path plus a short hash of the
+    exact relative path (``a b.mp4`` / ``a_b.mp4``, ``clip.mp4`` / ``clip.mkv`` and ``sub/x.mp4`` /
+    ``sub__x.mp4`` all differ)."""
+    import hashlib
     import re
 
-    rel = video.relative_to(root).with_suffix("")
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(rel).replace(os.sep, "__"))
+    rel = video.relative_to(root).as_posix()
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(Path(rel).with_suffix("")).replace("/", "__"))[:80]
+    return f"{readable}-{hashlib.sha256(rel.encode()).hexdigest()[:10]}"
+
+
+def _finished_clip(folder: Path, size: int) -> dict | None:
+    """The clip.json entry of a complete clip folder of this size, or None when it is missing,
+    damaged or of another size."""
+    try:
+        info = json.loads((folder / "clip.json").read_text())
+    except (OSError, ValueError):
+        return None
+    keys = ("video", "frames", "fps")
+    if not isinstance(info, dict) or any(k not in info for k in keys) or not isinstance(info["frames"], int) \
+            or info.get("size") != size or not all((folder / n).is_file() for n in ("frames.npy", "params.npz")):
+        return None
+    return info
 
 
 def prepare_clip(video: str | os.PathLike, out_dir: str | os.PathLike, settings: PrepareSettings) -> dict:
@@ -94,7 +113,7 @@ def prepare_clip(video: str | os.PathLike, out_dir: str | os.PathLike, settings:
     crops = np.stack([resize(f[y0:y0 + side, x0:x0 + side], size, size) for f in frames])
     obs_crop = ((obs - np.float32([x0, y0])) * (size / side)).astype(np.float32)
     fit = fit_landmarks(obs_crop, tracked, size, size, settings=settings.fit_settings())
-    info = {"video": str(video), "box": [x0, y0, side], "frames": len(frames), "fps": fps,
+    info = {"video": str(video), "box": [x0, y0, side], "size": size, "frames": len(frames), "fps": fps,
             "tracked": int(tracked.sum())}
     with atomic_write(out_dir, directory=True) as tmp:
         np.save(tmp / "frames.npy", crops)
@@ -117,14 +136,17 @@ def prepare(videos: str | os.PathLike, out: str | os.PathLike, settings: Prepare
     files = sorted(p for p in videos.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
     (out / "clips").mkdir(parents=True, exist_ok=True)
     report = PrepareReport()
-    clips = []
+    clips = {}  # name -> manifest entry: one entry per clip, whatever happens
     for i, video in enumerate(files):
-        name = _clip_name(video, videos)
+        name = clip_name(video, videos)
         target = out / "clips" / name
-        if (target / "clip.json").is_file():
-            info = json.loads((target / "clip.json").read_text())
+        info = _finished_clip(target, settings.size)
+        if info is not None:
             report.reused.append(name)
         else:
+            if target.exists():
+                log(f"[{i + 1}/{len(files)}] {name}: the clip folder is incomplete, damaged or of another "
+                    f"size; preparing it again")
             try:
                 info = prepare_clip(video, target, settings)
             except (ValueError, FileNotFoundError, OSError) as exc:
@@ -133,14 +155,15 @@ def prepare(videos: str | os.PathLike, out: str | os.PathLike, settings: Prepare
                 continue
             report.prepared.append(name)
             log(f"[{i + 1}/{len(files)}] {name}: {info['frames']} frames")
-        clips.append({"name": name, "frames": info["frames"], "fps": info["fps"], "video": info["video"]})
+        clips[name] = {"name": name, "frames": info["frames"], "fps": info["fps"], "video": info["video"]}
         _write_manifest(out, settings.size, clips, report.skipped)  # after every clip: an interrupted run keeps its work
     _write_manifest(out, settings.size, clips, report.skipped)
     return report
 
 
-def _write_manifest(out: Path, size: int, clips: list, skipped: list) -> None:
+def _write_manifest(out: Path, size: int, clips: dict, skipped: list) -> None:
     from ..media import atomic_write
 
     with atomic_write(out / MANIFEST) as tmp:
-        tmp.write_text(json.dumps({"version": 1, "size": size, "clips": clips, "skipped": skipped}, indent=2))
+        tmp.write_text(json.dumps({"version": 1, "size": size, "clips": list(clips.values()), "skipped": skipped},
+                                  indent=2))

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import numpy as np
 import torch
 
 from ..camera import Camera
+from ..errors import DataError
 from ..heads import NECK, HeadModel, HeadParams, axis_angle_to_euler
 
 __all__ = ["FitResult", "camera_for", "NECK"]
@@ -65,14 +68,50 @@ class FitResult:
         return dataclasses.replace(self, **fields)
 
     def save(self, path: str | os.PathLike) -> None:
+        """An .npz of the fields plus the frame count and a checksum of them, written atomically."""
         from ..media.atomic import atomic_write
 
+        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
         with atomic_write(Path(path)) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
-            np.savez(fh, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+            np.savez(fh, **arrays, frames=np.int64(len(self)), checksum=np.str_(_checksum(arrays)))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FitResult:
-        with np.load(path) as z:
-            d = {f.name: z[f.name] for f in dataclasses.fields(cls)}
+        """The fit saved at ``path``; DataError when the file is unreadable, damaged (its checksum,
+        frame count or shapes disagree) or holds non-finite parameters. Files written before the
+        checksum existed load without it."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                d = {n: z[n] for n in names}
+                frames = int(z["frames"]) if "frames" in z.files else None
+                checksum = str(z["checksum"]) if "checksum" in z.files else None
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"cannot read fit {path}: {type(exc).__name__}: {exc}") from None
+        if checksum is not None and checksum != _checksum(d):
+            raise DataError(f"fit {path} is damaged: its checksum does not match its contents")
+        T = len(d["expression"])
+        if frames is not None and frames != T:
+            raise DataError(f"fit {path} says {frames} frames but holds {T}")
+        if any(np.ndim(d[n]) != 2 or len(d[n]) != T for n in ("expression", "rotation", "translation")) or \
+                any(np.shape(d[n]) != (T,) for n in ("tracked", "error_px")) or d["rotation"].shape[1:] != (3,):
+            raise DataError(f"fit {path} has inconsistent shapes")
+        tracked = d["tracked"].astype(bool)
+        if not all(np.isfinite(d[n]).all() for n in ("shape", "expression", "rotation", "translation", "focal")) \
+                or not np.isfinite(d["error_px"][tracked]).all():
+            raise DataError(f"fit {path} holds NaN or infinite parameters")
         d["focal"], d["height"], d["width"] = float(d["focal"]), int(d["height"]), int(d["width"])
+        d["tracked"] = tracked
         return cls(**d)
+
+
+def _checksum(arrays: dict) -> str:
+    """SHA-256 over each array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

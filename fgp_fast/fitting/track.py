@@ -59,11 +59,13 @@ def track_frames(frames, face_index: int = 0, head=None, settings: FitSettings |
 
 
 def track_file(path, face_index: int = 0, settings: FitSettings | None = None, cache: bool = True,
-               progress: Progress | None = None) -> tuple[list[np.ndarray], float | None, FitResult]:
+               progress: Progress | None = None, frames: list[np.ndarray] | None = None,
+               fps: float | None = None) -> tuple[list[np.ndarray], float | None, FitResult]:
     """A video file or an image folder -> (frames, its frame rate or None for a folder, fit).
 
-    A video's fit is cached by its content (``fgp_fast.fitting.cache``); a folder has no single
-    content hash, so it is always fitted.
+    ``frames``/``fps``: the file's frames when the caller has already read them. A video's fit is
+    cached by its content (``fgp_fast.fitting.cache``; an entry must have the video's frame
+    count); a folder has no single content hash, so it is always fitted.
     """
     from pathlib import Path
 
@@ -71,7 +73,8 @@ def track_file(path, face_index: int = 0, settings: FitSettings | None = None, c
     from .cache import cached_fit
 
     path = Path(path)
-    frames, fps = read_frames(path)
+    if frames is None:
+        frames, fps = read_frames(path)
     settings = settings or FitSettings()
 
     def compute() -> FitResult:
@@ -79,5 +82,5 @@ def track_file(path, face_index: int = 0, settings: FitSettings | None = None, c
 
     if path.is_dir() or not cache:
         return frames, fps, compute()
-    fit, _ = cached_fit(path, f"{settings.key()}|face{face_index}", compute)
+    fit, _ = cached_fit(path, f"{settings.key()}|face{face_index}", compute, frames=len(frames))
     return frames, fps, fit
