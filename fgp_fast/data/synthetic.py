@@ -217,7 +217,8 @@ def render_synthetic(out: str | Path, spec: SyntheticSpec | None = None, texture
             np.save(tmp / "frames.npy", frames)
             fit.save(tmp / "params.npz")
             (tmp / "clip.json").write_text(json.dumps({"video": f"synthetic:{spec.seed}:{c}", "texture": kind,
-                                                       "frames": spec.frames, "fps": None, "tracked": spec.frames}))
+                                                       "box": [0, 0, S], "size": S, "frames": spec.frames,
+                                                       "fps": None, "tracked": spec.frames}))
         clips.append({"name": name, "frames": spec.frames, "fps": None, "video": f"synthetic:{spec.seed}:{c}"})
         if log is not None:
             log(f"[{c + 1}/{spec.clips}] {name} ({kind})")
