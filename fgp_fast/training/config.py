@@ -23,6 +23,7 @@ class TrainConfig:
     flow_sampling: str = "depth"    # depth (+-flow_delta around the target depth) | uniform (the head's depth range)
     train_unet: bool = False        # stage 1: train the generator UNet too (training from random weights)
     prediction_type: str = "epsilon"  # epsilon (SD1.5) | v_prediction
+    min_train_timestep: int = 0     # train on t in [this, 1000): a few-step sampler only visits high t
     # --- data
     data: str = ""                  # prepared dataset directory (fgp prepare)
     frames: int = 8                 # stage 2: driver clip length F
@@ -80,6 +81,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0 <= self.min_train_timestep < 1000:
+            raise InputError(f"min_train_timestep must be in [0, 1000), got {self.min_train_timestep}")
         for name in ("loader_workers", "val_every"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")

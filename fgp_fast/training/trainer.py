@@ -188,13 +188,13 @@ def _seed_gen(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0]))
 
 
-def _noise(seed: int, indices, shape: tuple, num_timesteps: int) -> tuple[Tensor, Tensor]:
+def _noise(seed: int, indices, shape: tuple, num_timesteps: int, min_timestep: int = 0) -> tuple[Tensor, Tensor]:
     """Noise (B, *shape) and timesteps (B,) of the samples ``indices``: each from its own generator keyed
     by the global sample index, so they do not depend on how samples are split over processes and
     micro-batches (the third key word keeps this stream apart from the dataset's (seed, index))."""
     gens = [_seed_gen(seed, i, 1) for i in indices]
     noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
-    timesteps = torch.cat([torch.randint(0, num_timesteps, (1,), generator=g) for g in gens])
+    timesteps = torch.cat([torch.randint(min_timestep, num_timesteps, (1,), generator=g) for g in gens])
     return noise, timesteps
 
 
@@ -267,7 +267,7 @@ def _optimizer_step(run: _Run, cfg: TrainConfig, step: int, batches) -> float:
                                   cfg.flow_backend, device)
         flow = flow.to(device)
         noise, timesteps = _noise(cfg.seed, range(first, first + B), (F, core.latent_channels, latent, latent),
-                                  core.num_train_timesteps)
+                                  core.num_train_timesteps, cfg.min_train_timestep)
         with acc.autocast():
             loss = model(batch["source"].to(device), batch["target"].to(device), flow,
                          noise.to(device), timesteps.to(device))
