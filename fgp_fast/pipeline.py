@@ -20,9 +20,10 @@ from diffusers import (AutoencoderKL, AutoencoderTiny, ControlNetModel, DDIMSche
                        TCDScheduler, UNet2DConditionModel, UNetMotionModel)
 from torch import Tensor
 
-from .models import (AppearanceNet, CudaGraphStep, FusedStep, add_temporal_layers, install_reference_read,
-                     load_appearance_weights, load_sd15, make_flow_controlnet, sd15_unet_config, tiny_taesd_config,
-                     tiny_unet_config, tiny_vae_config)
+from .models import (SMALL_CONDITIONING_CHANNELS, AppearanceNet, CudaGraphStep, FusedStep, PatchAutoencoder,
+                     add_temporal_layers, install_reference_read, load_appearance_weights, load_sd15,
+                     make_flow_controlnet, sd15_unet_config, small_unet_config, tiny_taesd_config, tiny_unet_config,
+                     tiny_vae_config)
 from .models.config import sd15_vae_config
 from .errors import InputError, MissingDependencyError
 
@@ -100,17 +101,24 @@ class FGPortraitPipeline:
     @classmethod
     def random(cls, size: str = "tiny", n_samples: int = 20, temporal: bool = False, tiny_decoder: bool = True,
                seed: int = 0, config: PipelineConfig | None = None) -> "FGPortraitPipeline":
-        """Random weights at ``size`` "tiny" (tests) or "sd15" (latency: it does not depend on weights)."""
-        if size not in ("tiny", "sd15"):
-            raise InputError(f"size must be 'tiny' or 'sd15', got {size!r}")
+        """Random weights at ``size`` "tiny" (tests), "small" (training from scratch in pixel space:
+        ``PatchAutoencoder``, no tiny decoder) or "sd15" (latency: it does not depend on weights)."""
+        if size not in ("tiny", "small", "sd15"):
+            raise InputError(f"size must be 'tiny', 'small' or 'sd15', got {size!r}")
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**(tiny_unet_config() if size == "tiny" else sd15_unet_config()))
-        vae = AutoencoderKL(**(tiny_vae_config() if size == "tiny" else sd15_vae_config()))
-        vae_tiny = AutoencoderTiny(**tiny_taesd_config()) if size == "tiny" and tiny_decoder else (
-            AutoencoderTiny() if tiny_decoder else None)
-        text = torch.randn(1, 4 if size == "tiny" else 77, unet.config.cross_attention_dim)
+        unet_config = {"tiny": tiny_unet_config, "small": small_unet_config, "sd15": sd15_unet_config}[size]()
+        unet = UNet2DConditionModel(**unet_config)
+        if size == "small":
+            vae, vae_tiny = PatchAutoencoder(), None
+        else:
+            vae = AutoencoderKL(**(tiny_vae_config() if size == "tiny" else sd15_vae_config()))
+            vae_tiny = AutoencoderTiny(**tiny_taesd_config()) if size == "tiny" and tiny_decoder else (
+                AutoencoderTiny() if tiny_decoder else None)
+        text = torch.randn(1, 77 if size == "sd15" else 4, unet.config.cross_attention_dim)
         config = config or PipelineConfig(n_samples=n_samples)
-        return cls(unet, copy.deepcopy(unet), make_flow_controlnet(unet, config.n_samples), vae, text, config,
+        controlnet = make_flow_controlnet(unet, config.n_samples,
+                                          SMALL_CONDITIONING_CHANNELS if size == "small" else None)
+        return cls(unet, copy.deepcopy(unet), controlnet, vae, text, config,
                    vae_tiny, add_temporal_layers(unet) if temporal else None)
 
     @classmethod
@@ -157,7 +165,7 @@ class FGPortraitPipeline:
                 if (directory / "vae_tiny" / "config.json").is_file() else None)
         pipe = cls(unet, UNet2DConditionModel.from_pretrained(directory / "appearance_net", **load),
                    ControlNetModel.from_pretrained(directory / "controlnet", **load),
-                   AutoencoderKL.from_pretrained(directory / "vae", **load),
+                   _load_vae(directory / "vae"),
                    load_file(str(directory / TEXT_NAME))["text_embeddings"], config, tiny, motion)
         if (directory / "scheduler").is_dir():
             pipe.scheduler = SCHEDULERS[config.scheduler].from_pretrained(directory / "scheduler")
@@ -227,7 +235,7 @@ class FGPortraitPipeline:
     # ---- per identity -------------------------------------------------------------------------
     @torch.no_grad()
     def encode_image(self, image: Tensor) -> Tensor:
-        """(B, 3, H, W) in [0, 1] -> scaled latents (B, 4, H/8, W/8)."""
+        """(B, 3, H, W) in [0, 1] -> scaled latents (B, C, H/8, W/8) (C = 4 for SD's VAE)."""
         encoded = self.vae.encode(image.to(self.device, self.dtype) * 2 - 1)
         latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
         return latents * self.vae.config.scaling_factor
@@ -291,7 +299,7 @@ class FGPortraitPipeline:
                              "or load weights that include motion_adapter/")
         frames = flow.shape[0]
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        noise = torch.randn((1, 4, *self.identity[0].shape[-2:]), generator=generator)
+        noise = torch.randn((1, *self.identity[0].shape[1:]), generator=generator)
         latents = (noise.expand(frames, -1, -1, -1) * self.scheduler.init_noise_sigma).to(self.device, self.dtype)
         self.scheduler.set_timesteps(steps, device=self.device)
         for timestep in self.scheduler.timesteps:
@@ -302,6 +310,15 @@ class FGPortraitPipeline:
                 eps = self._predict(self._runner, model_in, timestep, flow)
             latents = self.scheduler.step(eps, timestep, latents, generator=generator, return_dict=False)[0]
         return latents if output == "latent" else self.decode(latents)
+
+
+def _load_vae(directory: Path):
+    """The autoencoder a saved ``vae/`` holds: SD's AutoencoderKL, or the weight-free
+    PatchAutoencoder of pixel-space weights (``random("small")``; a config and no weights file)."""
+    name = json.loads((directory / "config.json").read_text()).get("_class_name")
+    if name == PatchAutoencoder.__name__:
+        return PatchAutoencoder.from_config(PatchAutoencoder.load_config(directory))
+    return AutoencoderKL.from_pretrained(directory, local_files_only=True)
 
 
 def _text_embeddings(source: Tensor | str | Path) -> Tensor:

@@ -19,6 +19,13 @@ def add_parser(sub) -> None:
     p.add_argument("--max-frames", type=int, default=0, help="keep at most this many frames per clip (0: all)")
     p.add_argument("--margin", type=float, default=1.8, help="crop side / face landmark extent")
     p.add_argument("--fit-steps", type=int, default=None, help="fitter iterations (default: the fitter's)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="clips prepared at once: local processes, or the CPUs of a local Ray instance")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this machine's processes; ray: Ray tasks (pip install 'fgp_fast[distributed]')")
+    p.add_argument("--address", default=None,
+                   help="with --engine ray: the Ray cluster to run on (e.g. auto, HOST:6379 or ray://HOST:10001); "
+                        "--out must then be a folder every node shares")
     p.set_defaults(run=run)
 
 
@@ -32,8 +39,15 @@ def run(args: argparse.Namespace) -> int:
         settings.check()
     except InputError as exc:  # name the flag, not the field
         raise CLIError("--" + str(exc).replace("_", "-", 1)) from None
+    from ..data.engines import check_engine
+
     try:
-        report = prepare(args.videos, args.out, settings)
+        check_engine(args.engine, args.workers, args.address)
+    except InputError as exc:
+        raise CLIError("--" + str(exc)) from None
+    try:
+        report = prepare(args.videos, args.out, settings, workers=args.workers, engine=args.engine,
+                         address=args.address)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
     print(f"{len(report.prepared)} clip(s) prepared, {len(report.reused)} already done, "

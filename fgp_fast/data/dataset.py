@@ -22,7 +22,13 @@ __all__ = ["ClipDataset", "DataError"]
 class ClipDataset:
     """``sample(i) -> dict`` of source (3, S, S), target (F, 3, S, S) in [0, 1], verts_src (V, 3),
     verts_tgt (F, V, 3), and its clip's camera: K (3, 3), world_to_cam (4, 4) (focals differ per
-    clip); ``batch(indices)`` stacks samples; ``flow(batch, n_samples)``."""
+    clip); ``batch(indices)`` stacks samples; ``flow(batch, n_samples)``.
+
+    Frames stay on disk: each clip's ``frames.npy`` is memory-mapped (read-only) and a sample
+    reads only its own frames, so no clip is ever loaded whole and the page cache is shared by
+    every loader worker. Pickling (a spawned DataLoader worker) carries the paths and reopens the
+    maps; only the small per-clip parameters travel.
+    """
 
     def __init__(self, root: str | Path, frames: int = 1, seed: int = 0, head: str = "ict"):
         from ..fitting import FitResult
@@ -49,6 +55,10 @@ class ClipDataset:
             except (OSError, ValueError, KeyError) as exc:
                 problems.append(f"{clip['name']}: unreadable ({exc})")
                 continue
+            if images.dtype != np.uint8 or images.ndim != 4:
+                problems.append(f"{clip['name']}: frames.npy is {images.dtype} {images.shape}, expected (T, S, S, 3) "
+                                f"uint8")
+                continue
             if len(fit) != len(images) or images.shape[1:] != (self.size, self.size, 3):
                 problems.append(f"{clip['name']}: {len(images)} frames of {images.shape[1:]} but {len(fit)} "
                                 f"parameter sets at size {self.size}")
@@ -69,6 +79,15 @@ class ClipDataset:
     def __len__(self) -> int:
         return sum(len(x) for x in self.images)
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["images"] = [Path(m.filename) for m in self.images]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["images"] = [np.load(p, mmap_mode="r") for p in state["images"]]
+        self.__dict__.update(state)
+
     def sample(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, int(index)])
         c = int(rng.integers(len(self.clips)))
@@ -80,15 +99,16 @@ class ClipDataset:
         else:
             start = int(rng.integers(T - F + 1))
             tgt = list(range(start, start + F))
-        return self._item(c, src, tgt)
+        return self.item(c, src, tgt)
 
     def preview(self) -> dict:
         """A fixed sample, independent of the seed, for comparable previews across a run: the first
         clip's first frame as source, its last F frames as target."""
         T = len(self.images[0])
-        return self._item(0, 0, list(range(T - self.frames, T)))
+        return self.item(0, 0, list(range(T - self.frames, T)))
 
-    def _item(self, c: int, src: int, tgt: list[int]) -> dict:
+    def item(self, c: int, src: int, tgt: list[int]) -> dict:
+        """The sample of clip ``c`` with source frame ``src`` and driver frames ``tgt``."""
         fit = self.fits[c]
         with torch.no_grad():
             verts = self.head(fit.head_params(self.head, [src] + tgt))
@@ -98,13 +118,18 @@ class ClipDataset:
                 "K": camera.K, "world_to_cam": camera.world_to_cam, "clip": c, "frames": [src] + tgt}
 
     def batch(self, indices) -> dict:
-        samples = [self.sample(i) for i in indices]
+        return self.stack([self.sample(i) for i in indices])
+
+    @staticmethod
+    def stack(samples: list[dict]) -> dict:
+        """Samples (``sample``/``item``) -> one batch of their tensors."""
         return {k: torch.stack([s[k] for s in samples])
                 for k in ("source", "target", "verts_src", "verts_tgt", "K", "world_to_cam")}
 
     def flow(self, batch: dict, n_samples: int, delta: float = 0.01, backend: str = "auto",
-             device=None) -> Tensor:
-        """(B, F, 3N, S, S) flow from each target to its source, each sample in its own clip's camera."""
+             device=None, sampling: str = "depth") -> Tensor:
+        """(B, F, 3N, S, S) flow from each target to its source, each sample in its own clip's camera
+        (``sampling``: ``flow_encode``'s depth-guided "depth" or the ablation's "uniform")."""
         from ..camera import Camera
         from ..ops import flow_encode
 
@@ -118,5 +143,6 @@ class ClipDataset:
         tgt = verts_tgt.reshape(B * F, *verts_tgt.shape[2:]).to(device)
         src = verts_src[:, None].expand(B, F, *verts_src.shape[1:]).reshape(B * F, *verts_src.shape[1:]).to(device)
         with torch.no_grad():
-            flow = flow_encode(tgt, src, faces, camera, n_samples=n_samples, delta=delta, backend=backend)
+            flow = flow_encode(tgt, src, faces, camera, n_samples=n_samples, delta=delta, sampling=sampling,
+                               backend=backend)
         return flow.reshape(B, F, *flow.shape[1:])

@@ -1,8 +1,11 @@
 """Videos -> training dataset (layout: see ``fgp_fast.data``). Bad clips are skipped and reported.
 
 The per-clip work is one function, :func:`prepare_clip` (a video in, a finished clip folder and
-its manifest entry out), so that it can run in worker processes; :func:`prepare` walks a folder,
-resumes finished clips and keeps the manifest.
+its manifest entry out), run in this process, a local process pool (``workers``) or as Ray tasks
+(``engine="ray"``, ``address`` of a cluster); see ``engines.py``. :func:`prepare` walks a folder,
+resumes finished clips, removes what dead writers left and merges the manifest (atomically, after
+every finished clip and at the end, in the videos' order whatever order clips finish in).
+One ``prepare`` per dataset folder at a time (a lock file refuses a second one on this machine).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ import numpy as np
 from ..errors import InputError
 from ..progress import Progress
 
-__all__ = ["VIDEO_EXTENSIONS", "PrepareReport", "PrepareSettings", "clip_name", "prepare", "prepare_clip"]
+__all__ = ["VIDEO_EXTENSIONS", "PrepareReport", "PrepareSettings", "clip_name", "finished_clip", "prepare",
+           "prepare_clip"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 MANIFEST = "manifest.json"
@@ -76,7 +80,7 @@ def clip_name(video: Path, root: Path) -> str:
     return f"{readable}-{hashlib.sha256(rel.encode()).hexdigest()[:10]}"
 
 
-def _finished_clip(folder: Path, size: int) -> dict | None:
+def finished_clip(folder: Path, size: int) -> dict | None:
     """The clip.json entry of a complete clip folder of this size, or None when it is missing,
     damaged or of another size."""
     try:
@@ -124,52 +128,99 @@ def prepare_clip(video: str | os.PathLike, out_dir: str | os.PathLike, settings:
 
 
 def prepare(videos: str | os.PathLike, out: str | os.PathLike, settings: PrepareSettings | None = None,
-            log: Callable[[str], None] = print, progress: Progress | None = None, **options) -> PrepareReport:
+            log: Callable[[str], None] = print, workers: int = 1, engine: str = "local",
+            address: str | None = None, retries: int = 2, progress: Progress | None = None,
+            **options) -> PrepareReport:
     """Prepare every video under ``videos`` into ``out``; returns what was done. Resumable.
 
-    ``settings`` (or its fields as keyword ``options``): see :class:`PrepareSettings`. ``log``
-    gets one line per video; ``progress("clips", done, total)`` after each.
+    ``settings`` (or its fields as keyword ``options``): see :class:`PrepareSettings`.
+    ``workers``: local processes (engine "local") or Ray CPUs of a local instance (engine "ray"
+    without ``address``). ``retries``: reruns of a clip whose worker died. ``progress("clips",
+    done, total)`` after each clip (reused ones count as done from the start).
     """
+    from .engines import check_engine, clean_temporaries, run_local, run_pool, run_ray
+
     settings = settings or PrepareSettings(**options)
     settings.check()
+    check_engine(engine, workers, address)
     videos, out = Path(videos), Path(out)
     if not videos.is_dir():
         raise FileNotFoundError(f"video directory not found: {videos}")
     files = sorted(p for p in videos.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
     (out / "clips").mkdir(parents=True, exist_ok=True)
-    report = PrepareReport()
-    clips = {}  # name -> manifest entry: one entry per clip, whatever happens
-    for i, video in enumerate(files):
-        name = clip_name(video, videos)
-        target = out / "clips" / name
-        info = _finished_clip(target, settings.size)
-        if info is not None:
-            report.reused.append(name)
-        else:
-            if target.exists():
-                log(f"[{i + 1}/{len(files)}] {name}: the clip folder is incomplete, damaged or of another "
-                    f"size; preparing it again")
-            try:
-                info = prepare_clip(video, target, settings)
-            except (ValueError, FileNotFoundError, OSError) as exc:
-                report.skipped.append({"video": str(video), "reason": str(exc)})
-                log(f"[{i + 1}/{len(files)}] skipped {video}: {exc}")
-                if progress:
-                    progress("clips", i + 1, len(files))
+    with _Lock(out / ".prepare.lock"):
+        for p in clean_temporaries(out / "clips"):
+            log(f"removed {p.name}: left by a writer that died")
+        report = PrepareReport()
+        order = {clip_name(v, videos): i for i, v in enumerate(files)}
+        clips: dict[str, dict] = {}  # name -> manifest entry: one entry per clip, whatever happens
+        jobs = []
+        for video in files:
+            name = clip_name(video, videos)
+            target = out / "clips" / name
+            info = finished_clip(target, settings.size)
+            if info is not None:
+                report.reused.append(name)
+                clips[name] = _entry(name, info)
                 continue
-            report.prepared.append(name)
-            log(f"[{i + 1}/{len(files)}] {name}: {info['frames']} frames")
-        clips[name] = {"name": name, "frames": info["frames"], "fps": info["fps"], "video": info["video"]}
-        _write_manifest(out, settings.size, clips, report.skipped)  # after every clip: an interrupted run keeps its work
+            if target.exists():
+                log(f"{name}: the clip folder is incomplete, damaged or of another size; preparing it again")
+            jobs.append((video, target, name))
+        _write_manifest(out, settings.size, clips, order, report.skipped)  # resume: the merged state first
         if progress:
-            progress("clips", i + 1, len(files))
-    _write_manifest(out, settings.size, clips, report.skipped)
+            progress("clips", len(report.reused), len(files))
+        if engine == "ray":
+            results = run_ray(jobs, settings, workers, address, retries, log)
+        elif workers > 1 and len(jobs) > 1:
+            results = run_pool(jobs, settings, min(workers, len(jobs)), retries, log)
+        else:
+            results = run_local(jobs, settings)
+        for done, ((video, _, name), (status, value)) in enumerate(results, 1):
+            if status == "ok":
+                report.prepared.append(name)
+                clips[name] = _entry(name, value)
+                log(f"[{done}/{len(jobs)}] {name}: {value['frames']} frames")
+            else:
+                report.skipped.append({"video": str(video), "reason": value})
+                log(f"[{done}/{len(jobs)}] skipped {video}: {value}")
+            _write_manifest(out, settings.size, clips, order, report.skipped)  # an interrupted run keeps its work
+            if progress:
+                progress("clips", len(report.reused) + done, len(files))
+        clean_temporaries(out / "clips")
+        report.skipped.sort(key=lambda s: s["video"])
+        _write_manifest(out, settings.size, clips, order, report.skipped)
     return report
 
 
-def _write_manifest(out: Path, size: int, clips: dict, skipped: list) -> None:
+def _entry(name: str, info: dict) -> dict:
+    return {"name": name, "frames": info["frames"], "fps": info["fps"], "video": info["video"]}
+
+
+class _Lock:
+    """An exclusive lock on a file (fcntl, this machine): a second ``prepare`` of the same folder is refused."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.fh = open(self.path, "a")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise InputError(f"another fgp prepare is writing {self.path.parent}; wait for it or use another --out") \
+                from None
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def _write_manifest(out: Path, size: int, clips: dict, order: dict, skipped: list) -> None:
     from ..media import atomic_write
 
+    entries = sorted(clips.values(), key=lambda c: order.get(c["name"], len(order)))
     with atomic_write(out / MANIFEST) as tmp:
-        tmp.write_text(json.dumps({"version": 1, "size": size, "clips": list(clips.values()), "skipped": skipped},
-                                  indent=2))
+        tmp.write_text(json.dumps({"version": 1, "size": size, "clips": entries, "skipped": skipped}, indent=2))

@@ -10,16 +10,19 @@ except ImportError as exc:  # the clear error the rest of the package relies on
 
 from .appearance import AppearanceNet
 from .cuda_graph import CudaGraphStep
-from .config import sd15_unet_config, tiny_unet_config, tiny_vae_config, tiny_taesd_config
+from .config import (SMALL_CONDITIONING_CHANNELS, sd15_unet_config, small_unet_config, tiny_taesd_config,
+                     tiny_unet_config, tiny_vae_config)
 from .flow_controlnet import check_flow_channels, flow_channels, make_flow_controlnet
 from .fused_step import FusedStep
+from .patch_autoencoder import PatchAutoencoder
 from .loading import load_appearance_weights, load_sd15, map_xportrait_appearance_keys
 from .reference_attention import (ReferenceReadProcessor, ReferenceWriteProcessor, install_reference_read,
                                   install_reference_write, self_attention_names)
 from .temporal import add_temporal_layers
 
-__all__ = ["AppearanceNet", "CudaGraphStep", "FusedStep", "ReferenceReadProcessor", "ReferenceWriteProcessor",
+__all__ = ["SMALL_CONDITIONING_CHANNELS", "AppearanceNet", "CudaGraphStep", "FusedStep", "PatchAutoencoder",
+           "ReferenceReadProcessor", "ReferenceWriteProcessor",
            "add_temporal_layers", "check_flow_channels", "flow_channels", "install_reference_read",
            "install_reference_write", "load_appearance_weights", "load_sd15", "make_flow_controlnet",
-           "map_xportrait_appearance_keys", "sd15_unet_config", "self_attention_names",
+           "map_xportrait_appearance_keys", "sd15_unet_config", "small_unet_config", "self_attention_names",
            "tiny_taesd_config", "tiny_unet_config", "tiny_vae_config"]

@@ -1,4 +1,5 @@
-"""Model configurations: SD1.5 sizes (latency benchmarks, real weights) and tiny ones (tests)."""
+"""Model configurations: SD1.5 sizes (latency benchmarks, real weights), tiny ones (tests) and the
+small pixel-space one of the small-scale replication (``bench/train_ablation.py``)."""
 from __future__ import annotations
 
 
@@ -22,6 +23,20 @@ def tiny_unet_config() -> dict:
                 cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+
+
+def small_unet_config() -> dict:
+    """The small-scale replication's UNet (``init: random-small``): pixel space through
+    ``PatchAutoencoder`` (192 channels = 8x8 RGB patches), two levels, attention on both, so that
+    reference attention reads the source at the full latent grid."""
+    return dict(sample_size=8, in_channels=192, out_channels=192, layers_per_block=1, block_out_channels=(32, 64),
+                cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+
+
+# The small ControlNet's condition encoder: SD's four levels (8x down to the latents), narrower.
+SMALL_CONDITIONING_CHANNELS = (8, 16, 32, 64)
 
 
 def tiny_vae_config() -> dict:

@@ -15,10 +15,13 @@ def flow_channels(n_samples: int) -> int:
     return 3 * n_samples
 
 
-def make_flow_controlnet(unet: UNet2DConditionModel, n_samples: int = 20) -> ControlNetModel:
+def make_flow_controlnet(unet: UNet2DConditionModel, n_samples: int = 20,
+                         embedding_channels: tuple[int, ...] | None = None) -> ControlNetModel:
     """``ControlNetModel.from_unet`` with ``conditioning_channels = 3N``. Its zero convolutions make
-    a fresh ControlNet add nothing to the UNet; the conditioning map is 8x the latent size."""
-    return ControlNetModel.from_unet(unet, conditioning_channels=flow_channels(n_samples))
+    a fresh ControlNet add nothing to the UNet; the conditioning map is 8x the latent size.
+    ``embedding_channels``: the condition encoder's widths (four levels; default SD's)."""
+    extra = {} if embedding_channels is None else {"conditioning_embedding_out_channels": tuple(embedding_channels)}
+    return ControlNetModel.from_unet(unet, conditioning_channels=flow_channels(n_samples), **extra)
 
 
 def check_flow_channels(controlnet: ControlNetModel, flow: Tensor, latents: Tensor) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["CKPT_RE", "TrainState", "latest_checkpoint", "restore_checkpoint", "save_checkpoint"]
+__all__ = ["CKPT_RE", "TrainState", "checkpoint_meta", "latest_checkpoint", "restore_checkpoint", "save_checkpoint"]
 
 CKPT_RE = re.compile(r"^step-(\d{8})$")
 
@@ -47,8 +47,10 @@ def latest_checkpoint(output: str | Path) -> Path | None:
     return max(done, key=lambda p: int(CKPT_RE.match(p.name).group(1)), default=None)
 
 
-def save_checkpoint(state: TrainState, step: int, config: dict, output: str | Path, keep: int) -> Path:
-    """Write ``step``'s checkpoint under ``output`` atomically and drop all but the newest ``keep``."""
+def save_checkpoint(state: TrainState, step: int, config: dict, output: str | Path, keep: int,
+                    extra: dict | None = None) -> Path:
+    """Write ``step``'s checkpoint under ``output`` atomically and drop all but the newest ``keep``.
+    ``extra``: more JSON state of the run (the best validation score), read back by ``checkpoint_meta``."""
     from ..media import atomic_write
 
     final = Path(output) / "checkpoints" / f"step-{step:08d}"
@@ -59,12 +61,17 @@ def save_checkpoint(state: TrainState, step: int, config: dict, output: str | Pa
         if state.ema is not None:
             torch.save({k: v.cpu() for k, v in state.ema.items()}, tmp / "ema.pt")
         meta = {"step": step, "config": config, "lr_scheduler": state.lr_scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state().tolist()}
+                "torch_rng": torch.get_rng_state().tolist(), "extra": extra or {}}
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks the checkpoint complete
     kept = sorted((p for p in final.parent.iterdir() if CKPT_RE.match(p.name)), key=lambda p: p.name)
     for old in kept[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_meta(checkpoint: Path) -> dict:
+    """The checkpoint's meta.json: step, config, LR schedule, RNG state and ``extra``."""
+    return json.loads((Path(checkpoint) / "meta.json").read_text())
 
 
 def restore_checkpoint(state: TrainState, checkpoint: Path, device: torch.device) -> int:

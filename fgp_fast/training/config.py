@@ -13,16 +13,22 @@ __all__ = ["TrainConfig", "load_config"]
 class TrainConfig:
     # --- what to train
     stage: int = 1                  # 1: ControlNet + appearance net; 2: temporal layers only
-    init: str = "random-tiny"       # random-tiny | random-sd15 | pretrained:<dir> | sd15:<path>
+    init: str = "random-tiny"       # random-tiny | random-small | random-sd15 | pretrained:<dir> | sd15:<path>
     text_embeddings: str = ""       # for init sd15:<path>: .safetensors or a CLIP text-encoder dir
     appearance_weights: str = ""    # for init sd15:<path>: X-Portrait appearance checkpoint (optional)
     n_samples: int = 20             # flow samples per ray (ControlNet input 3N channels)
     flow_delta: float = 0.01        # flow sampling half-width, metres
     flow_backend: str = "auto"
+    condition: str = "flow"         # flow (3N channels) | landmarks (rasterised driver landmarks, 3 channels)
+    flow_sampling: str = "depth"    # depth (+-flow_delta around the target depth) | uniform (the head's depth range)
+    train_unet: bool = False        # stage 1: train the generator UNet too (training from random weights)
+    prediction_type: str = "epsilon"  # epsilon (SD1.5) | v_prediction
+    min_train_timestep: int = 0     # train on t in [this, 1000): a few-step sampler only visits high t
     # --- data
     data: str = ""                  # prepared dataset directory (fgp prepare)
     frames: int = 8                 # stage 2: driver clip length F
     seed: int = 0
+    loader_workers: int = 0         # DataLoader worker processes reading samples (0: in the training process)
     # --- optimisation
     steps: int = 1000               # optimizer steps
     batch_size: int = 1             # per device, per micro-step (stage 2: clips)
@@ -46,6 +52,13 @@ class TrainConfig:
     sample_every: int = 500         # preview grid every N steps (TensorBoard + samples/*.png); 0 disables
     sample_steps: int = 2           # denoising steps of the preview
     progress: bool = True
+    # --- validation on a fixed held-out set (a prepared dataset of identities not trained on)
+    val_data: str = ""              # "" disables validation
+    val_every: int = 0              # optimizer steps between validations (0: none; also at the last step)
+    val_pairs: int = 16             # fixed (source, driver) pairs drawn from val_data
+    val_steps: int = 4              # denoising steps of the validation renders
+    val_pose: bool = True           # also APD/AED (MediaPipe + the fitter on the renders; slower)
+    best_metric: str = "psnr"       # psnr | ssim (higher is better) | apd | aed (lower): OUTPUT/best keeps the best
 
     def check(self) -> TrainConfig:
         if self.stage not in (1, 2):
@@ -61,6 +74,25 @@ class TrainConfig:
             raise InputError(f"sample_steps must be >= 1, got {self.sample_steps}")
         if self.stage == 2 and self.frames < 2:
             raise InputError("stage 2 needs frames >= 2")
+        from .conditions import CONDITIONS, FLOW_SAMPLINGS
+
+        choices = {"condition": CONDITIONS, "flow_sampling": FLOW_SAMPLINGS,
+                   "prediction_type": ("epsilon", "v_prediction"), "best_metric": ("psnr", "ssim", "apd", "aed")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0 <= self.min_train_timestep < 1000:
+            raise InputError(f"min_train_timestep must be in [0, 1000), got {self.min_train_timestep}")
+        for name in ("loader_workers", "val_every"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("val_pairs", "val_steps"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.val_every and not self.val_data:
+            raise InputError("val_every is set but val_data (the held-out dataset) is not")
+        if self.best_metric in ("apd", "aed") and not self.val_pose:
+            raise InputError(f"best_metric {self.best_metric} needs val_pose: true")
         return self
 
     def to_dict(self) -> dict:

@@ -19,7 +19,10 @@ class Preview:
     ``output`` and, when ``writer`` (a TensorBoard SummaryWriter) is given, add it as an image."""
 
     def __init__(self, pipe, dataset, output: str | Path, stage: int, num_steps: int, seed: int,
-                 flow_delta: float, flow_backend: str, device: torch.device):
+                 flow_delta: float, flow_backend: str, device: torch.device, condition: str = "flow",
+                 sampling: str = "depth"):
+        from .conditions import condition_maps
+
         self.pipe, self.stage, self.num_steps, self.seed = pipe, stage, num_steps, seed
         self.dir = Path(output) / "samples"
         self.device = torch.device(device)
@@ -27,7 +30,8 @@ class Preview:
         batch = {k: v[None] for k, v in sample.items() if isinstance(v, Tensor)}
         self.source = sample["source"]
         self.target = sample["target"]                                           # (F, 3, S, S)
-        self.flow = dataset.flow(batch, pipe.config.n_samples, flow_delta, flow_backend, self.device)[0]
+        self.flow = condition_maps(dataset, batch, condition, pipe.config.n_samples, flow_delta, sampling,
+                                   flow_backend, self.device)[0]
 
     @torch.no_grad()
     def render(self, model, accelerator) -> Tensor:
