@@ -463,3 +463,68 @@ def test_config_yaml(tmp_path):
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config(bad)
     assert load_config(root / "train_sd15.yaml").lr == 1e-5
+
+
+def test_validation_logs_keeps_best_and_resumes_bit_exact(data, tmp_path):
+    """val_every: PSNR/SSIM/APD/AED of a fixed held-out set in log.csv and TensorBoard, the best
+    weights in OUTPUT/best; a run stopped and resumed equals the uninterrupted one, validation included."""
+    pytest.importorskip("tensorboard")
+    from fgp_fast.pipeline import FGPortraitPipeline
+
+    keys = dict(val_data=str(data), val_every=2, val_pairs=2, val_steps=1, best_metric="psnr", grad_accum=2, ema=True)
+    full = train(_config(data, tmp_path / "full", **keys), log=lambda s: None)
+    part = train(_config(data, tmp_path / "part", **keys), stop_after=3, log=lambda s: None)
+    rest = train(_config(data, tmp_path / "part", **keys), resume=True, log=lambda s: None)
+    assert part["interrupted"] and rest["step"] == 6
+    assert np.allclose(full["losses"][3:], rest["losses"], rtol=1e-5, atol=1e-6)
+    a, b = full["pipeline"].controlnet.state_dict(), rest["pipeline"].controlnet.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+    def rows(run):
+        with open(tmp_path / run / "log.csv") as fh:
+            return [r for r in csv.DictReader(fh) if r["val_psnr"]]
+
+    logged = rows("full")
+    assert [int(r["step"]) for r in logged] == [2, 4, 6]
+    for r in logged:
+        assert 3 < float(r["val_psnr"]) < 60 and 0 < float(r["val_ssim"]) <= 1
+        face = float(r["val_face"])
+        assert 0 <= face <= 1
+        # APD/AED need a face in the render: NaN exactly when none was found (a 6-step tiny model may draw noise)
+        for m in ("val_apd", "val_aed"):
+            v = float(r[m])
+            assert np.isnan(v) == (face == 0) and (np.isnan(v) or v >= 0), r
+    # the resumed run validated at the same steps with the same results (its log keeps one row per step)
+    resumed = rows("part")
+    assert [r["step"] for r in resumed] == [r["step"] for r in logged]
+    for x, y in zip(logged, resumed):
+        assert np.isclose(float(x["val_psnr"]), float(y["val_psnr"]), atol=1e-3), (x, y)
+    best = json.loads((tmp_path / "full" / "best" / "best.json").read_text())
+    psnrs = {int(r["step"]): float(r["val_psnr"]) for r in logged}
+    assert best["metric"] == "psnr" and best["step"] == max(psnrs, key=psnrs.get)
+    assert np.isclose(best["value"], psnrs[best["step"]], rtol=1e-4)
+    assert json.loads((tmp_path / "part" / "best" / "best.json").read_text())["step"] == best["step"]
+    assert full["best"] == rest["best"]
+    FGPortraitPipeline.from_pretrained(tmp_path / "full" / "best")  # loadable weights
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "full" / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("val/psnr")] == [2, 4, 6]
+    assert [e.step for e in events.Scalars("val/apd")] == [2, 4, 6]
+
+
+def test_loader_workers_same_batches(data, tmp_path):
+    """loader_workers only changes who reads: the same losses and weights as the main process."""
+    seed = int(np.random.default_rng().integers(1000))
+    a = train(_config(data, tmp_path / "a", steps=3, seed=seed, checkpoint_every=100), log=lambda s: None)
+    b = train(_config(data, tmp_path / "b", steps=3, seed=seed, checkpoint_every=100, loader_workers=2),
+              log=lambda s: None)
+    assert np.allclose(a["losses"], b["losses"], rtol=1e-5, atol=1e-7)
+    ds = ClipDataset(data)
+    assert all(isinstance(m, np.memmap) for m in ds.images)  # frames are memory-mapped, never loaded whole
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(ds))  # a spawned worker's copy reopens the maps
+    assert all(isinstance(m, np.memmap) for m in copy.images)
+    for k, v in ds.batch([3, 4]).items():
+        assert torch.equal(v, copy.batch([3, 4])[k])
