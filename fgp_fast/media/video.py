@@ -14,10 +14,12 @@ from ..errors import InputError, MissingDependencyError
 from .atomic import AtomicPath
 from .images import IMAGE_SUFFIXES, MAX_PIXELS, MAX_SIDE, check_image_size, image_size, load_image
 
-__all__ = ["DEFAULT_FPS", "FolderReader", "VideoReader", "VideoWriter", "open_frames", "read_frames", "read_image_folder",
+__all__ = ["DEFAULT_FPS", "VIDEO_SUFFIXES", "FolderReader", "VideoReader", "VideoWriter", "open_frames", "read_frames", "read_image_folder",
            "read_video"]
 
 DEFAULT_FPS = 25.0
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".ogg", ".ogv", ".mpg", ".mpeg", ".ts", ".flv",
+                  ".wmv")  # what a source is taken for a video by (drivers: anything not a script or image)
 MAX_SKIPPED = 3  # undecodable packets tolerated (and at most a tenth of the frames)
 
 
