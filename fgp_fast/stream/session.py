@@ -26,8 +26,11 @@ class Session:
         from ..landmarks import FaceLandmarker
         from .tracker import DriverTracker
 
+        from ..motion.robust import MotionLimits
+
         self.portrait = portrait
         self.mode = mode
+        self.limits = MotionLimits()  # what the driver may ask of the portrait (edits go beyond)
         self.edits: list[Edit] = []
         self.format, self.quality = "jpeg", 85
         self._landmarker = FaceLandmarker(video=True, max_faces=1)
@@ -84,6 +87,7 @@ class Session:
                             np.concatenate([reference.expression, current.expression]))
             motion = drive(source, driver, self.mode)
             motion = Motion(motion.rotation[1:], motion.expression[1:])
+            motion = self.limits.apply(motion, source, portrait.head.expression_names)
         motion = apply_edits(motion, self.edits, portrait.head.expression_names)
         image = portrait.render(motion, 0)
         t1 = time.perf_counter()
