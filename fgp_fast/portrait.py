@@ -4,6 +4,13 @@
     frame = portrait.render(motion, i)                  # (H, W, 3) uint8, frame i of a Motion
     portrait.write_video(motion, "out.mp4", fps=25)     # every frame, H.264
 
+    portrait = Portrait(photo, size=512)                # a head crop of a photo of any size
+    full = portrait.compositor().paste([portrait.render(motion, i)])   # back into the photo
+
+With ``size``, the portrait is a head crop (``fgp_fast.framing``) chosen from the face's size,
+resampled to ``size`` x ``size`` for the renderer; the head model is fitted in the full image and
+the renderer sees it through the crop's camera, so renders paste back exactly.
+
 The renderer is anything that implements :class:`~fgp_fast.render.renderer.Renderer` (the warp
 renderer by default, or a ``DiffusionRenderer``); the portrait never asks which one it has.
 """
@@ -28,10 +35,10 @@ class Portrait:
     warp renderer). The image is resized down to the renderer's ``size_multiple`` if needed."""
 
     def __init__(self, image: np.ndarray, name: str = "the portrait", face_index: int = 0, settings=None,
-                 renderer=None, head=None):
+                 renderer=None, head=None, size: int | None = None, margin: float | None = None,
+                 landmarks: np.ndarray | None = None, crop_points: np.ndarray | None = None):
         from .fitting import FitSettings, fit_image
         from .heads import load_head_model
-        from .landmarks import detect_image
         from .media import resize, to_tensor
         from .render.renderer import WarpPortraitRenderer
 
@@ -40,27 +47,98 @@ class Portrait:
                              f"{getattr(image, 'shape', type(image).__name__)} {getattr(image, 'dtype', '')}")
         self.head = head if head is not None else load_head_model("ict")
         self.renderer = renderer if renderer is not None else WarpPortraitRenderer(self.head.faces)
-        m = int(self.renderer.size_multiple)
-        H, W = image.shape[:2]
-        if H % m or W % m:
-            if H < m or W < m:
-                raise InputError(f"{name} is {W}x{H}; this renderer needs sides of at least {m} pixels")
-            image = resize(image, H // m * m, W // m * m)
-        self.image = image
-        H, W = image.shape[:2]
         self.name = name
-        self.landmarks = detect_image(image, name, face_index)
-        self.fit = fit_image(self.head, self.landmarks, H, W, settings or FitSettings())
+        m = int(self.renderer.size_multiple)
+        self.crop = None
+        if size is None:  # the whole image is the portrait
+            H, W = image.shape[:2]
+            if H % m or W % m:
+                if H < m or W < m:
+                    raise InputError(f"{name} is {W}x{H}; this renderer needs sides of at least {m} pixels")
+                image = resize(image, H // m * m, W // m * m)
+            self.full = self.image = image
+            H, W = image.shape[:2]
+            self.landmarks = _find_face(image, name, face_index) if landmarks is None else landmarks
+            self.fit = fit_image(self.head, self.landmarks, H, W, settings or FitSettings())
+            self.camera = self.fit.camera()
+        else:
+            from .framing import CROP_MARGIN, HeadCrop
+
+            side = int(size) // m * m
+            if side < max(m, 16):
+                raise InputError(f"the working size must be at least {max(m, 16)} pixels, got {size}")
+            self.full = image
+            H, W = image.shape[:2]
+            self.landmarks = _find_face(image, name, face_index) if landmarks is None else landmarks
+            around = self.landmarks if crop_points is None else crop_points  # e.g. a whole clip's landmarks
+            self.crop = HeadCrop.around(around, H, W, CROP_MARGIN if margin is None else margin)
+            self.image = self.crop.extract(image, side)
+            self.fit = fit_image(self.head, self.landmarks, H, W, settings or FitSettings())
+            self.camera = crop_camera(self.fit.camera(), self.crop, side)
         self.params = self.fit.head_params(self.head)
-        self.camera = self.fit.camera()
         self.verts = self.head(self.params)
         device = self.renderer.device
-        self.renderer.set_source(to_tensor(image).to(device), self.verts.to(device), self.camera.to(device=device))
+        self.renderer.set_source(to_tensor(self.image).to(device), self.verts.to(device),
+                                 self.camera.to(device=device))
+
+    @classmethod
+    def every_face(cls, image: np.ndarray, name: str, size: int, renderer_factory, settings=None, head=None,
+                   margin: float | None = None) -> list[Portrait]:
+        """One cropped Portrait per face of ``image`` (largest first), each with its own renderer
+        from ``renderer_factory()``: a group photo animated face by face."""
+        from .facefinder import find_faces
+        from .heads import load_head_model
+        from .errors import NoFaceError
+
+        faces = find_faces(image)
+        if not faces:
+            raise NoFaceError(f"no face found in {name}")
+        head = head if head is not None else load_head_model("ict")
+        return [cls(image, f"{name} (face {k})", k, settings, renderer_factory(), head, size, margin, lm)
+                for k, lm in enumerate(faces)]
 
     @property
     def size(self) -> tuple[int, int]:
-        """(H, W) of the source image and of every rendered frame."""
+        """(H, W) of the image the renderer draws (the source, or its head crop) and of every render."""
         return self.image.shape[:2]
+
+    def compositor(self, others: list[Portrait] = ()):
+        """A :class:`~fgp_fast.framing.Compositor` that pastes renders of this portrait (and of
+        ``others``, more faces of the same photo) back into the full image."""
+        from .framing import Compositor, partition_weights
+
+        portraits = [self, *others]
+        if any(p.crop is None for p in portraits):
+            raise InputError("paste-back needs portraits made with a working size (Portrait(image, size=...))")
+        crops = [p.crop for p in portraits]
+        centres = [(p.landmarks.min(0) + p.landmarks.max(0)) / 2 for p in portraits]
+        weights = partition_weights(crops, centres) if len(crops) > 1 else None
+        return Compositor(self.full, crops, self.size[0], weights)
+
+    def set_frame(self, image: np.ndarray, tracked):
+        """Make frame ``image`` of a source video (full size, as the first) the portrait, with its
+        tracked head (a :class:`~fgp_fast.fitting.tracker.TrackedFrame`); -> its own Motion."""
+        from .fitting.result import camera_for
+        from .heads import HeadParams, NECK
+        from .media import to_tensor
+        from .motion import Motion
+
+        if self.crop is None or image.shape != self.full.shape:
+            raise InputError("set_frame needs a cropped portrait and a frame of the same size")
+        H, W = image.shape[:2]
+        pose = torch.zeros(1, 3 * self.head.n_joints)
+        pose[:, NECK] = torch.from_numpy(np.asarray(tracked.rotation, np.float32))[None]
+        self.params = HeadParams(torch.from_numpy(np.asarray(tracked.shape, np.float32))[None],
+                                 torch.from_numpy(np.asarray(tracked.expression, np.float32))[None], pose,
+                                 torch.from_numpy(np.asarray(tracked.translation, np.float32))[None],
+                                 self.head.expression_names)
+        self.full, self.image = image, self.crop.extract(image, self.size[0])
+        self.camera = crop_camera(camera_for(tracked.focal, H, W), self.crop, self.size[0])
+        self.verts = self.head(self.params)
+        device = self.renderer.device
+        self.renderer.set_source(to_tensor(self.image).to(device), self.verts.to(device),
+                                 self.camera.to(device=device))
+        return Motion(np.asarray(tracked.rotation, np.float32)[None], np.asarray(tracked.expression, np.float32)[None])
 
     def motion(self):
         """The portrait's own pose and expression as a one-frame Motion (what drivers start from)."""
@@ -77,6 +155,7 @@ class Portrait:
         from .media import to_uint8
 
         return to_uint8(self.renderer.render(self.verts_at(motion, index).to(self.renderer.device)))
+
 
     def write_video(self, motion, path: str | os.PathLike, fps: float,
                     side: Callable[[int], np.ndarray] | None = None, progress: Progress | None = None) -> int:
@@ -95,6 +174,34 @@ class Portrait:
                 if report:
                     report(i + 1, len(motion))
         return len(motion)
+
+
+def _find_face(image: np.ndarray, name: str, face_index: int) -> np.ndarray:
+    """The ``face_index``-th largest face of a still, found at any scale (``fgp_fast.facefinder``)."""
+    from .errors import NoFaceError
+    from .facefinder import find_faces
+
+    if face_index < 0:
+        raise InputError(f"face index must be >= 0, got {face_index}")
+    found = find_faces(image)
+    if not found:
+        raise NoFaceError(f"no face found in {name}")
+    if face_index >= len(found):
+        raise NoFaceError(f"{name} has {len(found)} face(s); face index {face_index} does not exist "
+                          f"(faces are numbered from 0, largest first)")
+    return found[face_index]
+
+
+def crop_camera(camera, crop, size: int):
+    """``camera`` (framing the full image) as seen through ``crop`` resampled to ``size`` pixels."""
+    from .camera import Camera
+
+    s = size / crop.side
+    K = camera.K.clone()
+    K[..., :2, :] *= s
+    K[..., 0, 2] -= crop.x0 * s
+    K[..., 1, 2] -= crop.y0 * s
+    return Camera(K, camera.world_to_cam, size, size)
 
 
 def load_renderer(kind: str = "warp", weights: str | os.PathLike | None = None, device=None, head=None):

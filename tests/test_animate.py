@@ -80,12 +80,13 @@ def test_animate_driver_video_with_faceless_frames(scene, tmp_path, capsys):
     assert rc == 0
     assert _probe(out) == (10, 2 * SIZE, SIZE, float(FPS))
     report = capsys.readouterr().out
-    assert "filled from neighbours: 2" in report
+    assert "held 2" in report                     # the two face-less frames hold the last motion
     assert _leftovers(tmp_path) == ["out.mp4"]
-    # A rerun reads the driver's fit from the cache.
+    # A rerun reads the driver's tracks from the cache; the output keeps the source's size.
     rc = main(["animate", "--source", str(scene["source"]), "--driver", str(scene["driver"]),
                "--out", str(out), "--size", "96", "--edit", "yaw=+10"])
-    assert rc == 0 and _probe(out) == (10, 96, 96, float(FPS))
+    assert rc == 0 and _probe(out) == (10, SIZE, SIZE, float(FPS))
+    assert "tracks from the cache" in capsys.readouterr().out
 
 
 def test_animate_script_with_edits(scene, tmp_path, capsys):
@@ -94,7 +95,7 @@ def test_animate_script_with_edits(scene, tmp_path, capsys):
     out = tmp_path / "smile.mp4"
     rc = main(["animate", "--source", str(scene["source"]), "--driver", str(script), "--out", str(out),
                "--size", "128", "--edit", "jawOpen=1.0", "--edit", "yaw=-10"])
-    assert rc == 0 and _probe(out) == (6, 128, 128, 10.0)
+    assert rc == 0 and _probe(out) == (6, SIZE, SIZE, 10.0)
 
 
 def test_animate_with_the_diffusion_renderer(scene, tmp_path, capsys):
@@ -107,9 +108,10 @@ def test_animate_with_the_diffusion_renderer(scene, tmp_path, capsys):
     script.write_text(json.dumps({"fps": 5, "keyframes": [{"t": 0}, {"t": 0.4, "pitch": 8, "jawOpen": 0.4}]}))
     out = tmp_path / "diffusion.mp4"
     rc = main(["animate", "--source", str(scene["source"]), "--driver", str(script), "--out", str(out),
-               "--size", "68", "--renderer", "diffusion", "--weights", str(weights), "--device", "cpu"])
+               "--size", "68", "--renderer", "diffusion", "--weights", str(weights), "--device", "cpu",
+               "--no-paste-back"])
     assert rc == 0, capsys.readouterr().err
-    assert _probe(out) == (3, 64, 64, 5.0)                  # sides rounded down to multiples of 8
+    assert _probe(out) == (3, 64, 64, 5.0)                  # the crop, rounded down to multiples of 8
 
 
 def test_animate_image_folder(scene, tmp_path):
@@ -120,7 +122,7 @@ def test_animate_image_folder(scene, tmp_path):
     out = tmp_path / "folder.mp4"
     rc = main(["animate", "--source", str(scene["source"]), "--driver", str(frames), "--out", str(out),
                "--size", "128", "--fps", "8"])
-    assert rc == 0 and _probe(out) == (3, 128, 128, 8.0)
+    assert rc == 0 and _probe(out) == (3, SIZE, SIZE, 8.0)
 
 
 class _TinyEmbedding(torch.nn.Module):

@@ -26,10 +26,12 @@ class Session:
 
     def __init__(self, portrait, mode: str = "relative", max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS):
         from ..landmarks import FaceLandmarker
+        from ..motion.robust import MotionLimits
         from .tracker import DriverTracker
 
         self.portrait = portrait
         self.mode = mode
+        self.limits = MotionLimits()  # what the driver may ask of the portrait (edits go beyond)
         self.edits: list[Edit] = []
         self.format, self.quality = "jpeg", 85
         self.max_side, self.max_pixels = max_side, max_pixels
@@ -83,6 +85,7 @@ class Session:
                             np.concatenate([reference.expression, current.expression]))
             motion = drive(source, driver, self.mode)
             motion = Motion(motion.rotation[1:], motion.expression[1:])
+            motion = self.limits.apply(motion, source, portrait.head.expression_names)
         motion = apply_edits(motion, self.edits, portrait.head.expression_names)
         image = portrait.render(motion, 0)
         t1 = time.perf_counter()
