@@ -30,7 +30,8 @@ _EXPORTS = {
     "FitResult": "fitting", "FitSettings": "fitting", "fit_image": "fitting", "fit_sequence": "fitting",
     "track_frames": "fitting",
     "Motion": "motion", "drive": "motion", "parse_edits": "motion", "apply_edits": "motion",
-    "load_script": "motion", "load_driver": "motion",
+    "load_script": "motion",
+    "animate": "animation", "AnimateOptions": "animation",
     "load_image": "media", "decode_image": "media", "save_png": "media", "read_video": "media",
     "VideoWriter": "media",
     "astronaut_portrait": "samples", "driver_clip": "samples",
@@ -39,9 +40,9 @@ _EXPORTS = {
     "BackendUnavailableError": "errors", "MissingDependencyError": "errors", "DataError": "errors",
     "ServerError": "errors",
 }
-_SUBMODULES = ("camera", "cli", "commands", "data", "errors", "export", "fitting", "heads", "landmarks", "media",
+_SUBMODULES = ("animation", "camera", "cli", "commands", "data", "errors", "export", "fitting", "heads", "landmarks", "media",
                "metrics", "models", "motion", "ops", "pipeline", "portrait", "progress", "render", "samples",
-               "stream", "training")
+               "stream", "threads", "training")
 
 __all__ = sorted(_EXPORTS)
 

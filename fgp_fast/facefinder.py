@@ -42,16 +42,24 @@ class FaceDetector:
     """MediaPipe's full-range face detector: boxes (x0, y0, w, h) in pixels, largest first."""
 
     def __init__(self, min_confidence: float = 0.5):
-        from .landmarks import _face_mesh_module  # raises the MediaPipe install hint when it is missing
+        from .landmarks import _face_mesh_module, _quiet_native_logs  # the first raises MediaPipe's install hint
 
         _face_mesh_module()
         from mediapipe.python.solutions import face_detection
 
-        self._det = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+        self._quiet = _quiet_native_logs  # graph start, first frame and shutdown log from C++
+        with self._quiet():
+            self._det = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+        self._started = False
 
     def boxes(self, image: np.ndarray) -> list[np.ndarray]:
         H, W = image.shape[:2]
-        result = self._det.process(np.ascontiguousarray(image))
+        if self._started:
+            result = self._det.process(np.ascontiguousarray(image))
+        else:
+            with self._quiet():
+                result = self._det.process(np.ascontiguousarray(image))
+            self._started = True
         out = []
         for d in result.detections or ():
             b = d.location_data.relative_bounding_box
@@ -61,7 +69,8 @@ class FaceDetector:
         return sorted(out, key=lambda b: -b[2] * b[3])
 
     def close(self) -> None:
-        self._det.close()
+        with self._quiet():
+            self._det.close()
 
     def __enter__(self):
         return self

@@ -215,8 +215,9 @@ def test_cli_reports_a_damaged_fit_cache_in_one_line(scene, tmp_path, capsys):
     out = tmp_path / "o.mp4"
     assert _animate(scene, out) == 0
     capsys.readouterr()
-    (entry,) = list((tmp_path / "cache" / "fits").iterdir())
-    entry.write_bytes(entry.read_bytes()[:100])
+    (entry,) = list((tmp_path / "cache" / "fits").iterdir())   # a video's track: chunks + manifest
+    chunk = sorted(entry.glob("chunk-*.npz"))[0]
+    chunk.write_bytes(chunk.read_bytes()[:100])
     assert _animate(scene, out) == 0
     err = capsys.readouterr().err
     lines = [line for line in _err_lines(err) if "cache" in line]

@@ -2,9 +2,8 @@
 (``drive``), the one edit grammar (``parse_edits``, ``edits_from_mapping``, ``apply_edits``) and
 keyframe scripts (``load_script``, ``script_motion``)."""
 from .drive import MODES, Motion, drive
-from .driver import SCRIPT_SUFFIXES, Driven, Driver, load_driver
 from .edits import ANGLE_LIMIT, ANGLES, Edit, apply_edits, edits_from_mapping, make_edit, parse_edits
-from .script import load_script, script_motion
+from .script import SCRIPT_SUFFIXES, load_script, script_motion
 
-__all__ = ["ANGLES", "ANGLE_LIMIT", "MODES", "SCRIPT_SUFFIXES", "Driven", "Driver", "Edit", "Motion", "apply_edits", "drive",
-           "edits_from_mapping", "load_driver", "load_script", "make_edit", "parse_edits", "script_motion"]
+__all__ = ["ANGLES", "ANGLE_LIMIT", "MODES", "SCRIPT_SUFFIXES", "Edit", "Motion", "apply_edits", "drive",
+           "edits_from_mapping", "load_script", "make_edit", "parse_edits", "script_motion"]

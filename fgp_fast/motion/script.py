@@ -18,9 +18,10 @@ from ..errors import InputError
 from .drive import Motion
 from .edits import ANGLES, make_edit
 
-__all__ = ["MAX_SCRIPT_SECONDS", "load_script", "read_script", "script_motion"]
+__all__ = ["MAX_SCRIPT_SECONDS", "SCRIPT_SUFFIXES", "load_script", "read_script", "script_motion"]
 
 MAX_SCRIPT_SECONDS = 3600.0
+SCRIPT_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 def read_script(path: str | os.PathLike) -> dict:
