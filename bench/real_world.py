@@ -43,6 +43,8 @@ TEAR_EVERY = 10
 class _TearMeter:
     """The warp renderer, measuring the tear metric of every TEAR_EVERY-th frame's backward map."""
 
+    paints_mouth = True  # it passes mouth_source on to the warp renderer
+
     def __init__(self, inner):
         self.inner, self.tears, self.frames = inner, [], 0
         self.device, self.size_multiple = inner.device, inner.size_multiple
@@ -54,12 +56,11 @@ class _TearMeter:
         result = self.inner.warp.render(verts, **kwargs)
         if self.frames % TEAR_EVERY == 0:
             try:
-                from fgp_fast.render.metrics import grid_to_pixels, tear_fraction
+                from fgp_fast.render.metrics import tear_fraction
             except ImportError:  # the warp renderer's metrics module is not there
                 pass
             else:
-                size = (self.inner.warp.camera_src.height, self.inner.warp.camera_src.width)
-                self.tears.append(tear_fraction(grid_to_pixels(result.grid, size)))
+                self.tears.append(tear_fraction(result.backward_map))
         self.frames += 1
         return result.image
 

@@ -121,9 +121,32 @@ class _Frames:
         return [apply_edits(driven.motion(src, self.limits, self.names), self.options.edits, self.names)
                 for src in self.sources]
 
-    def render(self, motions: list) -> np.ndarray:
-        renders = [p.render(m, 0) for p, m in zip(self.portraits, motions)]
-        return self.compositor.paste(renders) if self.compositor is not None else renders[0]
+    def render(self, motions: list, driven=None, mouth=None, into: np.ndarray | None = None) -> np.ndarray:
+        """The portraits in ``motions``, with the gaze of the DrivenFrame ``driven`` and the driver's
+        ``mouth`` (a MouthSource, used only on a frame it drives), pasted into the full image (or
+        ``into``, a source video's frame)."""
+        from .motion.details import render_driven
+
+        if driven is None:
+            renders = [p.render(m, 0) for p, m in zip(self.portraits, motions)]
+        else:
+            mouth = mouth if driven.state == "driven" else None
+            renders = [render_driven(p, m, driven.gaze, driven.weight, driven.absolute, mouth)
+                       for p, m in zip(self.portraits, motions)]
+        return self.compositor.paste(renders, into) if self.compositor is not None else renders[0]
+
+    def keeper(self, side: bool):
+        """What the render stage keeps of a driver frame (frame, its landmarks or None): the picture
+        for ``side`` by side, and the mouth the warp renderer transfers in relative mode."""
+        from .motion.details import driver_mouth
+
+        mouth = self.options.mode == "relative" and all(p.paints_mouth for p in self.portraits)
+        if not side and not mouth:
+            return None
+
+        def keep(frame, landmarks):
+            return frame if side else None, driver_mouth(frame, landmarks) if mouth else None
+        return keep
 
     def side(self, frame: np.ndarray, picture: np.ndarray | None) -> np.ndarray:
         """``frame`` with ``picture`` (default: the source) scaled to its height on the left."""
@@ -144,9 +167,10 @@ class _Frames:
 
 # ---------------------------------------------------------------------------------------- stages
 class _Landmarks:
-    """decode -> (index, landmarks or None, shot change, pixels kept for later stages)."""
+    """decode -> (index, landmarks or None, shot change, what later stages keep of the frame:
+    ``keep(frame, landmarks)``, or None without ``keep``)."""
 
-    def __init__(self, face_index: int, keep):
+    def __init__(self, face_index: int, keep=None):
         self.face_index, self.keep = face_index, keep
         self.landmarker, self.previous = None, None
 
@@ -161,7 +185,7 @@ class _Landmarks:
         thumb = thumbnail(frame)
         shot = scene_change(self.previous, thumb)
         self.previous = thumb
-        yield index, points, shot, self.keep(frame)
+        yield index, points, shot, None if self.keep is None else self.keep(frame, points)
 
     def finish(self):
         if self.landmarker is not None:
@@ -221,11 +245,12 @@ class _Track:
         return self._emit(driven)
 
 
-def _cached_source(reader, cached, need_pixels: bool):
-    """Cached tracked frames, paired with the decoded frames when a later stage needs pixels."""
+def _cached_source(reader, cached, keep):
+    """Cached tracked frames, paired with what ``keep(frame, landmarks)`` keeps of the decoded
+    frames when a later stage needs pixels (``keep`` not None)."""
     from .errors import DataError
 
-    if not need_pixels:
+    if keep is None:
         for t in cached:
             yield t, None
         return
@@ -234,7 +259,7 @@ def _cached_source(reader, cached, need_pixels: bool):
         frame = next(frames, None)
         if frame is None:
             raise DataError(f"the tracking cache of {reader.path} has more frames than the video")
-        yield t, frame
+        yield t, keep(frame, t.landmarks)
     if next(frames, None) is not None:
         raise DataError(f"the tracking cache of {reader.path} has fewer frames than the video")
 
@@ -337,19 +362,21 @@ def _animate_still(frames: _Frames, path: Path, out: Path, options: AnimateOptio
     from .media import load_image, save_png
     from .motion.robust import DrivenFrame
     from .portrait import _find_face
+    from .render.eyes import gaze_from_landmarks
 
     image = load_image(path)
     points = _find_face(image, str(path), face_index)
     fit = fit_image(frames.portraits[0].head, points, *image.shape[:2])
     tracked = TrackedFrame(0, True, fit.rotation[0], fit.translation[0], fit.expression[0],
                            float(fit.error_px[0]), 0.0, 0, "first", points)
+    gaze = gaze_from_landmarks(points) if len(points) >= 478 else None
     if options.frames is None:
         if out.suffix.lower() != ".png":
             raise InputError(f"a still driver writes one image: give --out a .png (or --frames N for an "
                              f"mp4), got {out}")
-        driven = DrivenFrame(0, fit.rotation[0], fit.expression[0], 1.0, True, "driven", tracked)
+        driven = DrivenFrame(0, fit.rotation[0], fit.expression[0], 1.0, True, "driven", tracked, gaze)
         start = time.perf_counter()
-        frame = frames.side(frames.render(frames.motions(driven)), image)
+        frame = frames.side(frames.render(frames.motions(driven), driven), image)
         save_png(frame, out)
         H, W = frame.shape[:2]
         return AnimationReport(out, 1, 0.0, W, H, False, Counter(driven=1), Counter(), False,
@@ -363,9 +390,9 @@ def _animate_still(frames: _Frames, path: Path, out: Path, options: AnimateOptio
         for i in range(n):
             u = i / max(n - 1, 1)
             w = u * u * (3 - 2 * u)   # ease in from the portrait's own pose and expression
-            driven = DrivenFrame(i, fit.rotation[0], fit.expression[0], w, True, "driven", tracked)
+            driven = DrivenFrame(i, fit.rotation[0], fit.expression[0], w, True, "driven", tracked, gaze)
             t = time.perf_counter()
-            frame = frames.render(frames.motions(driven))
+            frame = frames.render(frames.motions(driven), driven)
             seconds["render"] += time.perf_counter() - t
             yield frame, image, "driven"
 
@@ -376,10 +403,11 @@ class _DriverStream:
     """A video or folder driver as pipeline stages up to its DrivenFrames: decode -> landmarks ->
     track, or the cached tracks (and decode only when pixels are needed)."""
 
-    def __init__(self, path: Path, head, options: AnimateOptions, face_index: int, need_pixels: bool):
+    def __init__(self, path: Path, head, options: AnimateOptions, face_index: int, keep):
         from .fitting.track_cache import TrackCache
         from .media import open_frames
         from .motion.robust import RobustDriver
+        from .render.eyes import gaze_from_landmarks
 
         self.path = path
         self.reader = open_frames(path)
@@ -392,7 +420,7 @@ class _DriverStream:
             reference = None
             if options.reference_frame is not None:
                 reference = _reference_frame(path, face_index, options.reference_frame, head)
-            driver = RobustDriver(options.mode, self.fps, reference=reference)
+            driver = RobustDriver(options.mode, self.fps, reference=reference, gaze=gaze_from_landmarks)
             cache = None
             if options.cache and reader.fps is not None:  # a folder has no single content hash
                 cache = TrackCache(path, _track_key(face_index))
@@ -400,13 +428,13 @@ class _DriverStream:
             self.cached = cached is not None
             if cached is not None:
                 self.track = _Track(None, None, driver, options.smoothing)
-                self.source = _cached_source(reader, cached, need_pixels)
+                self.source = _cached_source(reader, cached, keep)
                 self.stages = [("track", (self.track, self.track.finish))]
                 self.source_name = "cache"
             else:
                 self.track = _Track(head, (reader.height, reader.width), driver, options.smoothing,
                                     cache.writer() if cache is not None else None, str(path))
-                landmarks = _Landmarks(face_index, (lambda f: f) if need_pixels else (lambda f: None))
+                landmarks = _Landmarks(face_index, keep)
                 self.source = enumerate(reader)
                 self.stages = [("landmarks", (landmarks, landmarks.finish)), ("track", (self.track, self.track.finish))]
                 self.source_name = "decode"
@@ -421,7 +449,8 @@ class _DriverStream:
 
     def run(self, render, frames: _Frames, out: Path, options: AnimateOptions, progress,
             total: int | None = None) -> AnimationReport:
-        """The stages with ``render`` ((DrivenFrame, pixels) -> (frame, picture, state)) last, encoded."""
+        """The stages with ``render`` ((DrivenFrame, what the keeper kept) -> (frame, picture, state))
+        last, encoded."""
         from .stages import Pipeline
 
         pipe = Pipeline(self.source, self.stages + [("render", render)], self.source_name, options.depth)
@@ -440,11 +469,11 @@ class _DriverStream:
 
 def _animate_video(frames: _Frames, path: Path, out: Path, options: AnimateOptions, face_index: int,
                    progress) -> AnimationReport:
-    stream = _DriverStream(path, frames.portraits[0].head, options, face_index, options.side_by_side)
+    stream = _DriverStream(path, frames.portraits[0].head, options, face_index, frames.keeper(options.side_by_side))
 
     def render(item):
-        driven, pixels = item
-        yield frames.render(frames.motions(driven)), pixels, driven.state
+        driven, (picture, mouth) = item[0], item[1] or (None, None)
+        yield frames.render(frames.motions(driven), driven, mouth), picture, driven.state
 
     return stream.run(render, frames, out, options, progress)
 
@@ -471,12 +500,12 @@ def animate_source_video(source: str | os.PathLike, renderer, size: int, driver:
     try:
         portrait = tracks.portrait(renderer, size)
         frames = _Frames([portrait], options)
-        stream = _DriverStream(driver, head, options, face_index, options.side_by_side)
+        stream = _DriverStream(driver, head, options, face_index, frames.keeper(options.side_by_side))
         pairs = tracks.frames()
         names = head.expression_names
 
         def render(item):
-            driven, pixels = item
+            driven, (pixels, mouth) = item[0], item[1] or (None, None)
             pair = next(pairs, None)
             if pair is None:  # the source video is shorter: stop here
                 return
@@ -486,10 +515,10 @@ def animate_source_video(source: str | os.PathLike, renderer, size: int, driver:
                        pixels, "source without a face")
                 return
             own = portrait.set_frame(image, tracked)
-            motion = driven.motion(own, frames.limits, names, keep_pose=options.keep_pose)
-            render = portrait.render(apply_edits(motion, options.edits, names), 0)
-            yield (frames.compositor.paste([render], image) if frames.compositor is not None else render,
-                   pixels, driven.state)
+            motion = apply_edits(driven.motion(own, frames.limits, names, keep_pose=options.keep_pose), options.edits,
+                                 names)
+            render = frames.render([motion], driven, mouth, into=image)
+            yield render, pixels, driven.state
 
         return stream.run(render, frames, Path(out), options, progress, tracks.count)
     finally:
@@ -539,7 +568,7 @@ class _SourceTracks:
 
         report = stage(progress, "tracking the source")
         writer = self.cache.writer()
-        landmarks = _Landmarks(face_index, lambda f: None)
+        landmarks = _Landmarks(face_index)
         smoother = WindowSmoother(smoothing)
         tracker = None
         try:

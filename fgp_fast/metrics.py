@@ -16,7 +16,10 @@ in an image, or a head model's embedding points projected), normalised by the di
 outer eye corners so they do not depend on image size or face scale: mouth openness is the gap
 between the inner lips' midpoints (landmarks 13, 14); eye openness the mean over both eyes of the
 lids' midpoint gap (159-145, 386-374) over that eye's corner-to-corner width (the eye aspect ratio).
-``openness_errors`` compares two faces' (or their changes from references).
+``openness_errors`` compares two faces' (or their changes from references); ``fgp eval`` reports
+``openness_over_videos``: the changes of each video from its first frame with a face in both, so
+that a cross-identity output (a face that opens its mouth differently at rest) is measured by
+whether it follows the driver's opening and closing.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import numpy as np
 from .errors import DataError, InputError, NoFaceError
 
 __all__ = ["csim", "fid", "frechet_distance", "load_adapter", "lpips", "pose_expression_distance", "mouth_openness",
-           "eye_openness", "openness_errors"]
+           "eye_openness", "openness_errors", "openness_over_videos"]
 
 BATCH = 16
 
@@ -174,3 +177,15 @@ def openness_errors(generated, target, generated_ref=None, target_ref=None) -> d
             dt = dt - fn(_landmarks(target_ref)[0][:1])[0]
         out[f"{name}_openness_error"] = float(np.abs(dg - dt).mean())
     return out
+
+
+def openness_over_videos(generated: tuple[np.ndarray, np.ndarray], driver: tuple[np.ndarray, np.ndarray]
+                         ) -> dict[str, float]:
+    """Mouth- and eye-openness errors of two videos' landmarks ((T, 478, 2), (T,) found), paired by
+    index over frames with a face in both, as changes from the first such frame."""
+    (g, g_found), (d, d_found) = generated, driver
+    n = min(len(g), len(d))
+    both = np.flatnonzero(np.asarray(g_found[:n], bool) & np.asarray(d_found[:n], bool))
+    if not len(both):
+        raise NoFaceError("no frame has a face in both videos")
+    return openness_errors(g[both], d[both], g[both[0]], d[both[0]])

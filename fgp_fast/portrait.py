@@ -77,6 +77,7 @@ class Portrait:
             self.camera = crop_camera(self.fit.camera(), self.crop, side)
         self.params = self.fit.head_params(self.head)
         self.verts = self.head(self.params)
+        self._gaze = None
         device = self.renderer.device
         self.renderer.set_source(to_tensor(self.image).to(device), self.verts.to(device),
                                  self.camera.to(device=device))
@@ -133,6 +134,8 @@ class Portrait:
                                  torch.from_numpy(np.asarray(tracked.translation, np.float32))[None],
                                  self.head.expression_names)
         self.full, self.image = image, self.crop.extract(image, self.size[0])
+        if tracked.landmarks is not None:
+            self.landmarks, self._gaze = tracked.landmarks, None
         self.camera = crop_camera(camera_for(tracked.focal, H, W), self.crop, self.size[0])
         self.verts = self.head(self.params)
         device = self.renderer.device
@@ -150,11 +153,41 @@ class Portrait:
         """(1, V, 3) the portrait's mesh posed and expressed as frame ``index`` of ``motion``."""
         return self.head(motion.head_params(self.params, index))
 
-    def render(self, motion, index: int) -> np.ndarray:
-        """Frame ``index`` of ``motion`` -> (H, W, 3) uint8 RGB."""
+    @property
+    def gaze(self) -> np.ndarray | None:
+        """(2, 2) degrees: the portrait's own gaze read from its irises (``render.gaze_from_landmarks``),
+        or None when its landmarks have no irises."""
+        from .render.eyes import gaze_from_landmarks
+
+        if self._gaze is None and self.landmarks is not None and len(self.landmarks) >= 478:
+            self._gaze = gaze_from_landmarks(self.landmarks)
+        return self._gaze
+
+    def render(self, motion, index: int, gaze: np.ndarray | None = None, mouth_source=None) -> np.ndarray:
+        """Frame ``index`` of ``motion`` -> (H, W, 3) uint8 RGB. ``gaze`` (2, 2) or (2,) degrees: turn
+        the eyeballs by that change of gaze (``render.apply_gaze``); ``mouth_source``: a
+        ``render.MouthSource`` to take the inner mouth from, for renderers that paint one (the warp
+        renderer; others draw the mouth themselves)."""
         from .media import to_uint8
 
-        return to_uint8(self.renderer.render(self.verts_at(motion, index).to(self.renderer.device)))
+        params = motion.head_params(self.params, index)
+        verts = self.head(params)
+        if gaze is not None:
+            from .render.eyes import apply_gaze
+            from .render.features import features_for
+
+            features = features_for(self.head.faces)
+            if features is not None:  # a head with the bundled ICT eyeballs
+                g = torch.as_tensor(np.asarray(gaze, np.float32))[None]
+                verts = apply_gaze(verts, params.pose[:, :6], g.to(verts.dtype), features)
+        extra = {"mouth_source": mouth_source} if mouth_source is not None and self.paints_mouth else {}
+        return to_uint8(self.renderer.render(verts.to(self.renderer.device), **extra))
+
+    @property
+    def paints_mouth(self) -> bool:
+        """Whether the renderer paints a driver's inner mouth (its ``paints_mouth``: it takes
+        ``render(verts, mouth_source=...)``)."""
+        return bool(getattr(self.renderer, "paints_mouth", False))
 
 
     def write_video(self, motion, path: str | os.PathLike, fps: float,

@@ -148,6 +148,7 @@ def test_eval_same_video_is_zero(scene, tmp_path, capsys):
     assert rc == 0
     metrics = json.loads(result.read_text())
     assert metrics["APD"] == 0 and metrics["AED"] == 0 and metrics["frames"] == 8
+    assert metrics["mouth_openness_error"] == 0 and metrics["eye_openness_error"] == 0
     assert metrics["LPIPS"] == 0 and 0.5 < metrics["CSIM"] <= 1.0 + 1e-6 and "FID" not in metrics
     assert "FID: not computed: no FID adapter weights at" in capsys.readouterr().out
 

@@ -145,7 +145,9 @@ def test_a_driver_with_cuts_keeps_a_plausible_face(portrait, media, tmp_path):
     report = _animate(portrait, driver, out)
     print("cuts", dict(report.cuts), "states", dict(report.states))
     assert report.frames == len(clip)
-    assert report.cuts["first"] == 1 and report.cuts["jump"] + report.cuts["shot"] + report.cuts["found"] >= 2
+    # A cut may read as a jump, a shot change, a return or another person (the zoomed shot's
+    # identity fit differs): any of them starts a segment.
+    assert report.cuts["first"] == 1 and sum(report.cuts.values()) - 1 >= 2
     assert report.states["held"] + report.states["rest"] >= 6
     generated, _ = read_video(out)
     with FaceLandmarker(video=False) as lm:
@@ -172,11 +174,11 @@ def test_a_failing_render_leaves_no_output_and_no_temp(portrait, media, tmp_path
     calls = {"n": 0}
     real = type(portrait).render
 
-    def failing(self, motion, index):
+    def failing(self, motion, index, **details):
         calls["n"] += 1
         if calls["n"] == 8:
             raise RuntimeError("renderer failed")
-        return real(self, motion, index)
+        return real(self, motion, index, **details)
 
     monkeypatch.setattr(type(portrait), "render", failing)
     with pytest.raises(RuntimeError, match="renderer failed"):

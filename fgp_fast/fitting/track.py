@@ -60,10 +60,12 @@ def track_frames(frames, face_index: int = 0, head=None, settings: FitSettings |
 
 def track_file(path, face_index: int = 0, settings: FitSettings | None = None, cache: bool = True,
                progress: Progress | None = None, frames: list[np.ndarray] | None = None,
-               fps: float | None = None) -> tuple[list[np.ndarray], float | None, FitResult]:
+               fps: float | None = None, landmarks: tuple[np.ndarray, np.ndarray] | None = None,
+               ) -> tuple[list[np.ndarray], float | None, FitResult]:
     """A video file or an image folder -> (frames, its frame rate or None for a folder, fit).
 
-    ``frames``/``fps``: the file's frames when the caller has already read them. A video's fit is
+    ``frames``/``fps``: the file's frames when the caller has already read them; ``landmarks``:
+    their :func:`detect_landmarks` (fitted when the cache has no fit). A video's fit is
     cached by its content (``fgp_fast.fitting.cache``; an entry must have the video's frame
     count); a folder has no single content hash, so it is always fitted.
     """
@@ -78,6 +80,8 @@ def track_file(path, face_index: int = 0, settings: FitSettings | None = None, c
     settings = settings or FitSettings()
 
     def compute() -> FitResult:
+        if landmarks is not None:
+            return fit_landmarks(*landmarks, *frames[0].shape[:2], settings=settings, progress=progress)
         return track_frames(frames, face_index, settings=settings, progress=progress, name=str(path))
 
     if path.is_dir() or not cache:

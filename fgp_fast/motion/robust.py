@@ -39,11 +39,13 @@ import torch
 from ..errors import InputError
 from ..heads import axis_angle_to_matrix, matrix_to_axis_angle
 from .drive import MODES, Motion
+from .details import MAX_GAZE
 from .edits import ANGLES
 
 __all__ = ["DrivenFrame", "MotionLimits", "RobustDriver", "parse_limits", "soft_limit"]
 
 KNEE = 0.7   # soft limits are the identity up to KNEE x the limit, then ease into it
+GAZE_SMOOTHING = 0.5   # weight of the new frame's gaze
 
 
 def soft_limit(x: np.ndarray, limit: float, knee: float = KNEE) -> np.ndarray:
@@ -141,7 +143,8 @@ class DrivenFrame:
     absolute: bool
     state: str                # "driven", "held" (no confident face: the last values kept) or "rest"
     frame: object             # the TrackedFrame it came from
-    gaze: np.ndarray | None = None   # (2, 2) degrees (left, right) x (yaw, pitch): change from the reference
+    gaze: np.ndarray | None = None   # (2, 2) degrees (left, right) x (yaw, pitch): relative mode: the change
+                                     # from the reference; absolute: the driver's gaze (None: unknown)
 
     def motion(self, source: Motion, limits: MotionLimits, expression_names: tuple[str, ...],
                keep_pose: bool = False) -> Motion:
@@ -209,6 +212,7 @@ class RobustDriver:
         self.waiting: list = []     # frames held back until the reference is known
         self.seen = 0               # frames of the current segment so far
         self.current = None         # the last values given out: (rotation (3,), expression (E,))
+        self.current_gaze = None    # ... and gaze (2, 2), held with them
         self.weight = 0.0 if self.absolute else 1.0
         self.lost = 0
         self.easing = 0             # frames left of an ease toward the target
@@ -236,23 +240,32 @@ class RobustDriver:
     def _target(self, f):
         gaze = self._gaze_of(f)
         if self.absolute:
-            return (np.asarray(f.rotation, np.float64), np.asarray(f.expression, np.float64)), None
+            return (np.asarray(f.rotation, np.float64), np.asarray(f.expression, np.float64)), gaze
         ref_rot, ref_expr, ref_gaze = self.reference
         R = _matrix(np.asarray(f.rotation, np.float64)[None]) @ _matrix(ref_rot[None]).transpose(-1, -2)
-        gaze = None if gaze is None or ref_gaze is None else np.clip(gaze - ref_gaze, -25, 25)
+        gaze = None if gaze is None or ref_gaze is None else np.clip(gaze - ref_gaze, -MAX_GAZE, MAX_GAZE)
         return (matrix_to_axis_angle(R)[0].numpy(), np.asarray(f.expression, np.float64) - ref_expr), gaze
 
-    def _out(self, f, state: str, gaze=None) -> DrivenFrame:
+    def _out(self, f, state: str) -> DrivenFrame:
         if self.current is None:  # nothing driven yet: the portrait's own motion
             E = len(f.expression)
             self.current = (np.zeros(3), np.zeros(E))
         rot, expr = self.current
+        gaze = None if self.current_gaze is None else self.current_gaze.astype(np.float32)
         return DrivenFrame(f.index, rot.astype(np.float32), expr.astype(np.float32), self.weight, self.absolute,
                            state, f, gaze)
+
+    def _follow_gaze(self, gaze) -> None:
+        """Iris landmarks jitter by a pixel or two: an exponential average (which also eases a cut)."""
+        if gaze is None or self.current_gaze is None:
+            self.current_gaze = gaze
+        else:
+            self.current_gaze = GAZE_SMOOTHING * gaze + (1 - GAZE_SMOOTHING) * self.current_gaze
 
     def _decide(self, f) -> DrivenFrame:
         if self.confident(f) and self.reference is not None:
             target, gaze = self._target(f)
+            self._follow_gaze(gaze)
             if self.current is None or self.weight == 0:
                 self.current = target                 # nothing shown of the old values: start at the new
             elif self.easing:                         # a new segment: ease over from the last values
@@ -263,7 +276,7 @@ class RobustDriver:
                 self.current = target
             self.weight = min(1.0, self.weight + 1.0 / self.blend)
             self.lost = 0
-            return self._out(f, "driven", gaze)
+            return self._out(f, "driven")
         self.lost += 1
         if self.lost <= self.hold:
             return self._out(f, "held")

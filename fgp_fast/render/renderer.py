@@ -21,7 +21,8 @@ class Renderer(Protocol):
     """``set_source`` once per portrait, then ``render`` per frame.
 
     ``device``: where the inputs go. ``size_multiple``: the source image's sides must be multiples
-    of it (the diffusion renderer's latent grid needs 8).
+    of it (the diffusion renderer's latent grid needs 8). A renderer with ``paints_mouth = True``
+    also takes ``render(verts, mouth_source=MouthSource)`` (the driver's inner mouth).
     """
 
     device: torch.device
@@ -39,6 +40,7 @@ class WarpPortraitRenderer:
     :class:`Renderer` protocol. ``backend`` picks the rasteriser."""
 
     size_multiple = 1
+    paints_mouth = True   # render(verts, mouth_source=...) paints a driver's inner mouth
 
     def __init__(self, faces: Tensor, backend: str = "auto", **options):
         self.faces, self.backend, self.options = faces, backend, options

@@ -1,8 +1,8 @@
 """Per-connection state: the source portrait, the driver tracker, edits, and the two frame stages.
 
-A frame goes through two stages that run in worker threads: ``track`` (decode, landmarks, fit) and
-``render`` (drive, edit, render, encode). The server runs them as a two-step pipeline, so frame
-N+1 is tracked while frame N renders. Nothing here queues frames: the server hands each stage the
+A frame goes through two stages that run in worker threads: ``track`` (decode, landmarks, fit, the
+driver's gaze and mouth) and ``render`` (drive, edit, render, encode; ``motion.details``, as
+offline). The server runs them as a two-step pipeline, so frame N+1 is tracked while frame N renders. Nothing here queues frames: the server hands each stage the
 latest input only.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..motion import ANGLES, Edit, Motion, apply_edits, drive, edits_from_mapping
+from ..motion.details import driver_mouth, render_driven
 from .protocol import MAX_PIXELS, MAX_SIDE, ProtocolError, decode_image, encode_image
 
 __all__ = ["Session"]
@@ -69,25 +70,31 @@ class Session:
                 self.tracker.reset_reference()
             motion = self.tracker.track(frame)
             reference = self.tracker.reference
+            if motion is not None:
+                gaze = self.tracker.gaze_change(self.mode == "absolute")
+                mouth = driver_mouth(frame, self.tracker.landmarks) if self.mode == "relative" else None
         t2 = time.perf_counter()
-        return (None if motion is None else (reference, motion)), {"decode": _ms(t1 - t0), "track": _ms(t2 - t1)}
+        driven = None if motion is None else (reference, motion, gaze, mouth)
+        return driven, {"decode": _ms(t1 - t0), "track": _ms(t2 - t1)}
 
     def render(self, driven) -> tuple[bytes, dict]:
-        """(reference, current) driver motions, or None (no face: the source as it is) -> image bytes."""
+        """(reference, current driver motions, gaze, mouth) from ``track``, or None (no face: the
+        source as it is) -> image bytes."""
         t0 = time.perf_counter()
         portrait = self.portrait
         source = portrait.motion()
+        gaze = mouth = None
         if driven is None:
             motion = source
         else:
-            reference, current = driven
+            reference, current, gaze, mouth = driven
             driver = Motion(np.concatenate([reference.rotation, current.rotation]),
                             np.concatenate([reference.expression, current.expression]))
             motion = drive(source, driver, self.mode)
             motion = Motion(motion.rotation[1:], motion.expression[1:])
             motion = self.limits.apply(motion, source, portrait.head.expression_names)
         motion = apply_edits(motion, self.edits, portrait.head.expression_names)
-        image = portrait.render(motion, 0)
+        image = render_driven(portrait, motion, gaze, 1.0, self.mode == "absolute", mouth)
         t1 = time.perf_counter()
         data = encode_image(image, self.format, self.quality)
         return data, {"render": _ms(t1 - t0), "encode": _ms(time.perf_counter() - t1)}
