@@ -8,6 +8,7 @@ cache folder, and animates the full astronaut photo (512 x 512; the head crop at
 
     python bench/bench_offline.py                           # 300 and 3000 frames of 720p, size 512
     python bench/bench_offline.py --frames 300 --size 512   # the fps / split run only
+    python bench/bench_offline.py --frames 300 --blas default serial   # BLAS's own threads vs one
 
 Stage seconds are busy time per stage (waits excluded); stages overlap on the cores, so the wall
 time is below their sum. Report the load average with the numbers (``uptime``): this machine is
@@ -58,6 +59,10 @@ def child(args) -> None:
     from fgp_fast.animation import AnimateOptions, animate
     from fgp_fast.portrait import Portrait
 
+    if args.blas == "serial":
+        from fgp_fast.threads import serial_blas
+
+        serial_blas()
     t0 = time.perf_counter()
     portrait = Portrait(data.astronaut(), "the astronaut", size=args.size)
     setup = time.perf_counter() - t0
@@ -67,10 +72,10 @@ def child(args) -> None:
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def run(driver: Path, size: int, workdir: Path) -> dict:
+def run(driver: Path, size: int, workdir: Path, blas: str) -> dict:
     env = {**os.environ, "FGP_FAST_CACHE": str(workdir / "cache"), "GLOG_minloglevel": "3"}
     cmd = [sys.executable, __file__, "--child", "--driver", str(driver), "--size", str(size),
-           "--out", str(workdir / "out.mp4")]
+           "--out", str(workdir / "out.mp4"), "--blas", blas]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200)
     if done.returncode:
         raise RuntimeError(f"animate failed:\n{done.stderr[-3000:]}")
@@ -83,6 +88,9 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--driver-size", default="1280x720")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--blas", nargs="+", choices=("default", "serial"), default=["default"],
+                   help="numpy/SciPy BLAS threads: the library's default pool, or serial (threads.serial_blas); "
+                        "several: each run with each, to compare")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--driver", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -98,20 +106,23 @@ def main() -> None:
             t = time.perf_counter()
             make_driver(driver, n, width, height)
             made = time.perf_counter() - t
-            load = os.getloadavg()
-            r = run(driver, args.size, tmp)
-            r.update(driver_frames=n, driver_size=args.driver_size, load_before=load, load_after=os.getloadavg(),
-                     driver_seconds=made)
-            results.append(r)
-            split = ", ".join(f"{k} {1000 * v / r['frames']:.1f}" for k, v in r["stages"].items())
-            print(f"{n} frames {args.driver_size} -> {r['width']}x{r['height']} (crop {args.size}): "
-                  f"{r['frames'] / r['seconds']:.1f} frames/s end to end ({r['seconds']:.1f} s; setup "
-                  f"{r['setup']:.1f} s); busy ms/frame: {split}; peak RSS {r['peak_rss_mb']:.0f} MB; "
-                  f"load {load[0]:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
-    if len(results) > 1:
-        a, b = results[0]["peak_rss_mb"], results[-1]["peak_rss_mb"]
-        print(f"peak RSS {results[0]['driver_frames']} vs {results[-1]['driver_frames']} frames: "
-              f"{a:.0f} MB vs {b:.0f} MB ({100 * (b - a) / a:+.1f}%)")
+            for blas in args.blas:
+                load = os.getloadavg()
+                r = run(driver, args.size, tmp, blas)
+                r.update(driver_frames=n, driver_size=args.driver_size, load_before=load,
+                         load_after=os.getloadavg(), driver_seconds=made, blas=blas)
+                results.append(r)
+                split = ", ".join(f"{k} {1000 * v / r['frames']:.1f}" for k, v in r["stages"].items())
+                print(f"{n} frames {args.driver_size} -> {r['width']}x{r['height']} (crop {args.size}, BLAS "
+                      f"{blas}): {r['frames'] / r['seconds']:.1f} frames/s end to end ({r['seconds']:.1f} s; setup "
+                      f"{r['setup']:.1f} s); busy ms/frame: {split}; peak RSS {r['peak_rss_mb']:.0f} MB; "
+                      f"load {load[0]:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
+    for blas in args.blas:
+        mine = [r for r in results if r["blas"] == blas]
+        if len(mine) > 1:
+            a, b = mine[0]["peak_rss_mb"], mine[-1]["peak_rss_mb"]
+            print(f"peak RSS {mine[0]['driver_frames']} vs {mine[-1]['driver_frames']} frames (BLAS {blas}): "
+                  f"{a:.0f} MB vs {b:.0f} MB ({100 * (b - a) / a:+.1f}%)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
