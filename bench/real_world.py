@@ -5,8 +5,9 @@ checked by SHA-256; attributions in the NOTICE files beside them) and the public
 
 Runs (each ``fgp animate``'s library call in a fresh process: its frames/s and peak RSS are its own):
 - self-reenactment: source = one frame of a clip, driver = the clip (relative mode referenced on
-  that frame), so the output should reproduce the clip: PSNR and SSIM on the face region (the
-  driver's landmark box, 1.2x) of output vs driver frames;
+  that frame), so the output's face should reproduce the clip's: PSNR and SSIM of aligned face
+  crops (each frame's own landmark box, 1.2x, at 128 px: the output keeps the source's framing
+  while the clip's head and camera move);
 - cross-reenactment: another face driven by the clip;
 - cuts: a clip made of video_01, a stretch of video_02 (several hikers, faces near and far) and a
   generated shot of the astronaut, driving the astronaut portrait (item 5's evidence).
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,7 +37,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHEET_FRAMES = 6
 TEAR_EVERY = 10
+FACE_CROP = 128   # side of the aligned face crops PSNR and SSIM compare
 
+
+from bench_offline import peak_rss_mb  # noqa: E402  (this folder is on the path: a script)
 
 # ----------------------------------------------------------------------------------- the child
 class _TearMeter:
@@ -82,7 +85,7 @@ def child(spec: dict) -> None:
     print(json.dumps({"frames": report.frames, "seconds": report.seconds, "setup": setup, "stages": report.stages,
                       "states": dict(report.states), "cuts": dict(report.cuts), "audio": report.audio,
                       "source_error": float(portrait.fit.error_px[0]), "tears": meter.tears,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 # ----------------------------------------------------------------------------------- measuring
@@ -128,20 +131,25 @@ def pose_expression(gen: list, drv: list, relative: bool) -> dict:
             "tracked": float(both.mean())}
 
 
-def face_region_quality(generated: list, driver: list, drv_tracks: list) -> dict:
+def face_region_quality(generated: list, driver: list, gen_tracks: list, drv_tracks: list) -> dict:
+    """PSNR and SSIM of aligned face crops: each frame's square around its own landmarks (1.2x their
+    extent), resampled to FACE_CROP pixels. Relative driving keeps the source's framing while the
+    clip's head and camera move, so the driver's face box would compare the face with background."""
+    import cv2
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    psnr, ssim = [], []
-    for g, d, t in zip(generated, driver, drv_tracks):
-        if t.landmarks is None or g.shape != d.shape:
-            continue
-        lo, hi = t.landmarks.min(0), t.landmarks.max(0)
+    def crop(image, landmarks):
+        lo, hi = landmarks.min(0), landmarks.max(0)
         c, half = (lo + hi) / 2, 0.6 * (hi - lo).max()
-        x0, y0 = (np.maximum(c - half, 0)).astype(int)
-        x1, y1 = np.minimum(c + half, [d.shape[1], d.shape[0]]).astype(int)
-        if x1 - x0 < 8 or y1 - y0 < 8:
+        M = np.array([[FACE_CROP / (2 * half), 0, FACE_CROP / 2 - c[0] * FACE_CROP / (2 * half)],
+                      [0, FACE_CROP / (2 * half), FACE_CROP / 2 - c[1] * FACE_CROP / (2 * half)]])
+        return cv2.warpAffine(image, M, (FACE_CROP, FACE_CROP), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+
+    psnr, ssim = [], []
+    for g, d, tg, td in zip(generated, driver, gen_tracks, drv_tracks):
+        if tg.landmarks is None or td.landmarks is None or not (tg.tracked and td.tracked):
             continue
-        a, b = g[y0:y1, x0:x1], d[y0:y1, x0:x1]
+        a, b = crop(g, tg.landmarks), crop(d, td.landmarks)
         psnr.append(peak_signal_noise_ratio(b, a, data_range=255))
         ssim.append(structural_similarity(b, a, channel_axis=2, data_range=255))
     return {"PSNR": float(np.mean(psnr)) if psnr else float("nan"), "SSIM": float(np.mean(ssim)) if ssim else float("nan")}
@@ -195,19 +203,22 @@ def segment(video: Path, start: int, stop: int, path: Path) -> Path:
     return path
 
 
-def cuts_clip(media: Path, path: Path) -> Path:
-    """video_01, then hikers from video_02 (frames 90-330), then a generated astronaut shot."""
+def cuts_clip(media: Path, path: Path, limit: int | None = None) -> Path:
+    """video_01, then hikers from video_02 (frames 90-330), then a generated astronaut shot (with
+    ``limit``: about a third of it from each)."""
     from fgp_fast.media import VideoReader, VideoWriter
     from fgp_fast.samples import driver_clip
 
     with VideoReader(media / "video_01.mp4") as a, VideoReader(media / "video_02.mp4") as b, \
             VideoWriter(path, a.fps, a.width, a.height) as w:
-        for f in a:
-            w.write(f)
-        for i, f in enumerate(b):
-            if 90 <= i < 330:
+        part = None if limit is None else max(limit // 3, 1)
+        for i, f in enumerate(a):
+            if part is None or i < part:
                 w.write(f)
-        for f in driver_clip(400, frames=60, fps=a.fps):
+        for i, f in enumerate(b):
+            if 90 <= i < (330 if part is None else 90 + part):
+                w.write(f)
+        for f in driver_clip(400, frames=60 if part is None else min(60, part), fps=a.fps):
             canvas = np.full((a.height, a.width, 3), 40, np.uint8)
             y, x = (a.height - 400) // 2, (a.width - 400) // 2
             canvas[y:y + 400, x:x + 400] = f
@@ -215,14 +226,17 @@ def cuts_clip(media: Path, path: Path) -> Path:
     return path
 
 
-def runs(media: Path, work: Path) -> list[dict]:
+def runs(media: Path, work: Path, limit: int | None = None) -> list[dict]:
+    """The runs; ``limit``: each driver cut to its first ``limit`` frames (a bounded run)."""
     from skimage import data
 
     from fgp_fast.media import save_png
 
     astronaut = save_png(data.astronaut(), work / "astronaut.png")
     v1 = media / "video_01.mp4"
-    hikers = segment(media / "video_02.mp4", 100, 220, work / "hikers.mp4")
+    if limit is not None:
+        v1 = segment(v1, 0, limit, work / "video_01_short.mp4")
+    hikers = segment(media / "video_02.mp4", 100, 220 if limit is None else 100 + min(limit, 120), work / "hikers.mp4")
     return [
         {"name": "self: video_01 (woman in a group, face ~65 px)", "kind": "self",
          "source": str(frame_of(v1, 0, work / "v1_frame0.png")), "driver": str(v1), "reference_frame": 0},
@@ -232,7 +246,7 @@ def runs(media: Path, work: Path) -> list[dict]:
         {"name": "cross: NIST mugshot S001 <- video_01", "kind": "cross",
          "source": str(media / "meds-aa-S001-01.jpg"), "driver": str(v1)},
         {"name": "cuts: astronaut <- video_01 + video_02 + generated shot", "kind": "cuts", "source": str(astronaut),
-         "driver": str(cuts_clip(media, work / "cuts.mp4"))},
+         "driver": str(cuts_clip(media, work / "cuts.mp4", limit))},
     ]
 
 
@@ -252,7 +266,7 @@ def run(spec: dict, size: int, out_dir: Path, work: Path, n: int) -> dict:
     gen_tracks, drv_tracks = track(Path(spec["out"])), track(Path(spec["driver"]))
     r.update(pose_expression(gen_tracks, drv_tracks, relative=spec["kind"] != "self"))
     if spec["kind"] == "self":
-        r.update(face_region_quality(generated, driver, drv_tracks))
+        r.update(face_region_quality(generated, driver, gen_tracks, drv_tracks))
     errors = [t.error_px for t in gen_tracks if t.tracked]
     r.update(name=spec["name"], kind=spec["kind"], load=load, fps=r["frames"] / r["seconds"],
              output_error=float(np.median(errors)) if errors else float("nan"), faces_found=faces_found(generated),
@@ -282,6 +296,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "real_world_out")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--only", type=int, nargs="*", default=None, help="run numbers to run (default: all)")
+    p.add_argument("--limit", type=int, default=None, help="cut every driver to its first N frames (the cuts "
+                   "clip: N/3 of each part)")
     p.add_argument("--results", type=Path, default=None, help="put the table into this RESULTS.md section")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -293,7 +309,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="fgp-real-") as work:
         work = Path(work)
-        for n, spec in enumerate(runs(args.media, work)):
+        for n, spec in enumerate(runs(args.media, work, args.limit)):
             if args.only is not None and n not in args.only:
                 continue
             r = run(spec, args.size, args.out, work, n)
