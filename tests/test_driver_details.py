@@ -139,6 +139,12 @@ def test_the_drivers_inner_mouth_fills_the_opening_in_relative_mode_only(portrai
     absolute = render_driven(p, opened, None, 1.0, True, mouth)[core].mean(0)
     assert relative[1] > relative[0] + 60 and relative[1] > relative[2] + 60      # green: the driver's
     assert absolute[1] < absolute[0] + 20                                          # a cavity
+    # A distant driver (its face at a quarter of the size): its mouth would be a blur, a cavity instead.
+    import cv2
+
+    small = cv2.resize(big, (700 // 4, 600 // 4), interpolation=cv2.INTER_AREA)
+    far = render_driven(p, opened, None, 1.0, False, driver_mouth(small, (lm + [400, 300]) / 4))[core].mean(0)
+    assert far[1] < far[0] + 20
     assert driver_mouth(big, None) is None and driver_mouth(None, lm) is None
     assert driver_mouth(big, lm - 5000) is None                                   # off the frame
 

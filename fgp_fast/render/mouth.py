@@ -28,6 +28,7 @@ from .polygon import inside_polygon, paint, pixel_box, pixel_centres, polygon_ar
 __all__ = ["MouthSource", "MouthFill", "opening_height"]
 
 IVORY = np.array([0.88, 0.85, 0.78])
+MIN_DRIVER_SCALE = 0.5  # the driver's mouth is transferred only when magnified at most 1 / this
 
 
 @dataclass(frozen=True)
@@ -241,12 +242,15 @@ class MouthFill:
 
     def _driver(self, pts: np.ndarray, inner: np.ndarray, source: MouthSource) -> np.ndarray | None:
         """The driver's inner mouth, mapped from its inner-lip loop onto the target's and matched to
-        the source's lip colour; None when the driver's own mouth is not open enough to show it."""
+        the source's lip colour; None when the driver's own mouth is not open enough to show it, or
+        too small (a distant face's mouth magnified more than 1 / MIN_DRIVER_SCALE is a blur)."""
         d_inner = source.landmarks[list(INNER_LIPS)]
         d_outer = source.landmarks[list(OUTER_LIPS)]
         t_width = np.linalg.norm(inner[10] - inner[0])
         d_width = np.linalg.norm(d_inner[10] - d_inner[0])
-        if d_width < 2 or opening_height(d_inner) * t_width / d_width < 0.6 * opening_height(inner):
+        if d_width < max(2.0, MIN_DRIVER_SCALE * t_width):  # a small face's mouth, blown up, is a blur
+            return None
+        if opening_height(d_inner) * t_width / d_width < 0.6 * opening_height(inner):
             return None
         # Least-squares affine map from target pixels to driver pixels over the inner loops.
         A = np.concatenate([inner, np.ones((len(inner), 1))], 1)
