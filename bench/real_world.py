@@ -250,7 +250,7 @@ def runs(media: Path, work: Path, limit: int | None = None) -> list[dict]:
     ]
 
 
-def run(spec: dict, size: int, out_dir: Path, work: Path, n: int) -> dict:
+def run(spec: dict, size: int, out_dir: Path, work: Path, n: int, keep: bool = False) -> dict:
     from fgp_fast.media import read_video
 
     spec = {**spec, "size": size, "out": str(work / f"run{n}.mp4")}
@@ -271,6 +271,10 @@ def run(spec: dict, size: int, out_dir: Path, work: Path, n: int) -> dict:
     r.update(name=spec["name"], kind=spec["kind"], load=load, fps=r["frames"] / r["seconds"],
              output_error=float(np.median(errors)) if errors else float("nan"), faces_found=faces_found(generated),
              tear=float(np.mean(r["tears"])) if r["tears"] else float("nan"))
+    if keep:
+        import shutil
+
+        shutil.copy(spec["out"], out_dir / f"run_{n}_{spec['kind']}.mp4")
     sheet = out_dir / f"sheet_{n}_{spec['kind']}.png"
     contact_sheet(driver, generated, sheet)
     r["sheet"] = str(sheet)
@@ -299,6 +303,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="cut every driver to its first N frames (the cuts "
                    "clip: N/3 of each part)")
     p.add_argument("--results", type=Path, default=None, help="put the table into this RESULTS.md section")
+    p.add_argument("--keep-videos", action="store_true", help="copy the output videos into --out")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -312,7 +317,7 @@ def main() -> None:
         for n, spec in enumerate(runs(args.media, work, args.limit)):
             if args.only is not None and n not in args.only:
                 continue
-            r = run(spec, args.size, args.out, work, n)
+            r = run(spec, args.size, args.out, work, n, args.keep_videos)
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "tears"}), flush=True)
     text = table(results)
