@@ -24,6 +24,7 @@ pytest.importorskip("accelerate")
 pytest.importorskip("mediapipe")
 
 from fgp_fast.data import ClipDataset, DataError
+from fgp_fast.data.frames import FrameFile
 from fgp_fast.training import load_config, train
 from fgp_fast.training.trainer import build_pipeline
 
@@ -521,10 +522,10 @@ def test_loader_workers_same_batches(data, tmp_path):
               log=lambda s: None)
     assert np.allclose(a["losses"], b["losses"], rtol=1e-5, atol=1e-7)
     ds = ClipDataset(data)
-    assert all(isinstance(m, np.memmap) for m in ds.images)  # frames are memory-mapped, never loaded whole
+    assert all(isinstance(m, FrameFile) for m in ds.images)  # frames are memory-mapped, never loaded whole
     import pickle
 
     copy = pickle.loads(pickle.dumps(ds))  # a spawned worker's copy reopens the maps
-    assert all(isinstance(m, np.memmap) for m in copy.images)
+    assert all(isinstance(m, FrameFile) for m in copy.images)
     for k, v in ds.batch([3, 4]).items():
         assert torch.equal(v, copy.batch([3, 4])[k])

@@ -1,0 +1,95 @@
+"""A clip's ``frames.npy`` read memory-mapped: a sample reads only its own frames.
+
+Plain ``np.load(mmap_mode="r")`` maps the file, but the kernel's read-around on a page fault
+reads ``read_ahead_kb`` around it (8 MiB on many Linux disks): one frame of a random training
+sample pulls in its neighbours, a small clip whole. :class:`FrameFile` maps the file with
+``MADV_RANDOM`` (no read-around) and, for each sample, asks for exactly the byte ranges of its
+frames (``MADV_WILLNEED``: one asynchronous read per run of consecutive frames, so a stage-2 clip
+is still read in large requests, not page by page). The page cache is shared by every process
+that maps the file (DataLoader workers); a pickled FrameFile carries only its path and reopens.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = ["FrameFile"]
+
+_PAGE = mmap.PAGESIZE
+
+
+class FrameFile:
+    """``FrameFile(path)``: the (T, S, S, 3) uint8 frames of a ``.npy`` file; ``read(indices)`` ->
+    a (len(indices), S, S, 3) array of those frames (a copy); ``len()``, ``shape``. Raises
+    DataError when the file is not a C-ordered 4-D uint8 ``.npy`` or is shorter than its header says."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            fmt = np.lib.format
+            try:
+                version = fmt.read_magic(fh)
+                header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+                if header is None:
+                    raise ValueError(f"unsupported .npy version {version}")
+                shape, fortran, dtype = header(fh)
+            except ValueError as exc:
+                raise DataError(f"{self.path}: not a readable .npy file ({exc})") from None
+            offset = fh.tell()
+            if dtype != np.uint8 or len(shape) != 4 or fortran or not shape[0]:
+                raise DataError(f"{self.path}: frames are {dtype} {shape}{' (Fortran order)' if fortran else ''}, "
+                                f"expected (T, S, S, 3) uint8 in C order, at least one frame")
+            self.shape = tuple(int(s) for s in shape)
+            self.frame_bytes = int(np.prod(self.shape[1:]))
+            need = offset + self.shape[0] * self.frame_bytes
+            if os.fstat(fh.fileno()).st_size < need:
+                raise DataError(f"{self.path}: truncated ({os.fstat(fh.fileno()).st_size} bytes, header says {need})")
+            self.offset = offset
+            self._map = mmap.mmap(fh.fileno(), need, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_RANDOM"):  # Linux, macOS: no read-around
+            self._map.madvise(mmap.MADV_RANDOM)
+        self.frames = np.ndarray(self.shape, np.uint8, buffer=self._map, offset=offset)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, indices) -> np.ndarray:
+        idx = np.asarray(indices, np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"frame indices {idx.tolist()} out of range for {len(self)} frames in {self.path}")
+        if hasattr(mmap, "MADV_WILLNEED"):
+            for start, stop in _runs(np.unique(idx)):
+                lo = self.offset + start * self.frame_bytes
+                hi = self.offset + stop * self.frame_bytes
+                a = lo - lo % _PAGE  # madvise needs a page-aligned start
+                self._map.madvise(mmap.MADV_WILLNEED, a, hi - a)
+        return self.frames[idx]  # fancy indexing: copies exactly these frames out of the map
+
+    def close(self) -> None:
+        self.frames = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
+    def __repr__(self) -> str:
+        return f"FrameFile({str(self.path)!r}, shape={self.shape})"
+
+
+def _runs(sorted_indices: np.ndarray):
+    """(start, stop) of each run of consecutive integers."""
+    if not len(sorted_indices):
+        return
+    breaks = np.flatnonzero(np.diff(sorted_indices) != 1) + 1
+    for run in np.split(sorted_indices, breaks):
+        yield int(run[0]), int(run[-1]) + 1
