@@ -3,7 +3,6 @@ reads only its own frames' pages from disk (checked with the page cache itself: 
 from __future__ import annotations
 
 import ctypes
-import json
 import mmap
 import os
 import pickle
@@ -15,36 +14,16 @@ import torch
 
 from fgp_fast.data import ClipDataset
 from fgp_fast.data.frames import FrameFile
+from fgp_fast.data.synthetic import random_dataset
 from fgp_fast.errors import DataError
-from fgp_fast.fitting import FitResult
 
 PAGE = mmap.PAGESIZE
-
-
-def _dataset(root, clips: int, frames: int, size: int, seed: int):
-    """A prepared-dataset folder of random frames and plausible head parameters."""
-    rng = np.random.default_rng(seed)
-    entries = []
-    for c in range(clips):
-        name = f"clip{c}"
-        folder = root / "clips" / name
-        folder.mkdir(parents=True)
-        np.save(folder / "frames.npy", rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8))
-        FitResult(shape=rng.normal(0, 0.5, 50).astype(np.float32),
-                  expression=rng.uniform(0, 0.3, (frames, 53)).astype(np.float32),
-                  rotation=rng.uniform(-0.2, 0.2, (frames, 3)).astype(np.float32),
-                  translation=np.tile(np.float32([0, 0, -0.8]), (frames, 1)), focal=size * 1.5, height=size,
-                  width=size, tracked=np.ones(frames, bool), error_px=np.zeros(frames, np.float32)
-                  ).save(folder / "params.npz")
-        entries.append({"name": name, "frames": frames, "fps": 25.0, "video": f"{name}.mp4"})
-    (root / "manifest.json").write_text(json.dumps({"version": 1, "size": size, "clips": entries, "skipped": []}))
-    return root
 
 
 @pytest.mark.parametrize("frames", [1, 5])
 def test_memmapped_samples_equal_a_plain_read(tmp_path, frames):
     seed = int(np.random.default_rng().integers(1 << 20))
-    root = _dataset(tmp_path, clips=3, frames=12, size=16, seed=seed)
+    root = random_dataset(tmp_path, clips=3, frames=12, size=16, seed=seed)
     ds = ClipDataset(root, frames=frames, seed=seed)
     assert all(isinstance(f, FrameFile) for f in ds.images)
     plain = [np.load(root / "clips" / c / "frames.npy") for c in ds.clips]  # the whole file, read()
@@ -110,7 +89,7 @@ def test_one_sample_reads_only_its_frames(tmp_path, frames):
     """After the clips are dropped from the page cache, one sample brings back exactly the pages of
     its own frames (no read-around, no other clip), stage 1 (2 frames) and stage 2 (1 + 8)."""
     seed = int(np.random.default_rng().integers(1 << 20))
-    root = _dataset(tmp_path, clips=3, frames=150, size=64, seed=seed)  # 1.8 MB per clip, 12 KiB per frame
+    root = random_dataset(tmp_path, clips=3, frames=150, size=64, seed=seed)  # 1.8 MB per clip, 12 KiB per frame
     ds = ClipDataset(root, frames=frames, seed=seed)
     paths = [f.path for f in ds.images]
     for p in paths:
@@ -156,7 +135,7 @@ def test_frame_file_refuses_bad_files(tmp_path):
 
 
 def test_dataset_reports_bad_frames_as_data_error(tmp_path):
-    root = _dataset(tmp_path, clips=2, frames=6, size=16, seed=0)
-    np.save(root / "clips" / "clip1" / "frames.npy", np.zeros((6, 16, 16, 3), np.float32))
-    with pytest.raises(DataError, match="clip1: unreadable.*uint8"):
+    root = random_dataset(tmp_path, clips=2, frames=6, size=16, seed=0)
+    np.save(root / "clips" / "random0_00001" / "frames.npy", np.zeros((6, 16, 16, 3), np.float32))
+    with pytest.raises(DataError, match="random0_00001: unreadable.*uint8"):
         ClipDataset(root)

@@ -31,7 +31,8 @@ import torch.nn.functional as Fnn
 
 from ..errors import InputError
 
-__all__ = ["EXPRESSIONS", "PHOTOS", "TEXTURE_KINDS", "SyntheticSpec", "TextureBank", "render_synthetic"]
+__all__ = ["EXPRESSIONS", "PHOTOS", "TEXTURE_KINDS", "SyntheticSpec", "TextureBank", "random_dataset",
+           "render_synthetic"]
 
 TEXTURE_KINDS = ("face", "photo", "procedural")
 PHOTOS = ("chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -225,4 +226,31 @@ def render_synthetic(out: str | Path, spec: SyntheticSpec | None = None, texture
     with atomic_write(out / "manifest.json") as tmp:
         tmp.write_text(json.dumps({"version": 1, "size": S, "clips": clips, "skipped": [],
                                    "synthetic": {k: v for k, v in spec.__dict__.items()}}, indent=2))
+    return out
+
+
+def random_dataset(out: str | Path, clips: int, frames: int, size: int, seed: int = 0) -> Path:
+    """A dataset directory (layout of ``fgp_fast.data``) of random-pixel frames with plausible
+    head parameters (a random identity, expressions, a head turned up to ~11 degrees at 0.8 m),
+    for what does not look at the pictures: loader tests and throughput benchmarks. Returns ``out``."""
+    from ..fitting import FitResult
+    from ..heads import load_head_model
+
+    head = load_head_model("ict")
+    out, rng = Path(out), np.random.default_rng(seed)
+    entries = []
+    for c in range(clips):
+        name = f"random{seed}_{c:05d}"
+        folder = out / "clips" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "frames.npy", rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8))
+        FitResult(shape=rng.normal(0, 0.5, head.n_shape).astype(np.float32),
+                  expression=rng.uniform(0, 0.3, (frames, head.n_expression)).astype(np.float32),
+                  rotation=rng.uniform(-0.2, 0.2, (frames, 3)).astype(np.float32),
+                  translation=np.tile(np.float32([0, 0, -0.8]), (frames, 1)), focal=size * 1.5, height=size,
+                  width=size, tracked=np.ones(frames, bool), error_px=np.zeros(frames, np.float32)
+                  ).save(folder / "params.npz")
+        entries.append({"name": name, "frames": frames, "fps": 25.0, "video": f"random:{seed}:{c}"})
+    (out / "manifest.json").write_text(json.dumps({"version": 1, "size": size, "clips": entries, "skipped": []},
+                                                  indent=2))
     return out
