@@ -8,6 +8,7 @@ of the time, as it is for a user. Reports wall time, clips/hour, frames/s and th
 
     python bench/bench_prepare.py                      # 8 clips x 48 frames, 256 px videos, 1 and 2 workers
     python bench/bench_prepare.py --clips 16 --workers 1 2 4 --json /tmp/prepare.json
+    python bench/bench_prepare.py --clips 1 --frames 64 --workers 1 --anchor   # tracker vs batch fitter
 """
 from __future__ import annotations
 
@@ -33,6 +34,25 @@ def make_videos(folder: Path, clips: int, frames: int, size: int, fps: float = 2
                 w.write(f[:, ::-1].copy() if k % 2 else f)
 
 
+def fitter_anchor(video: Path, size: int, repeats: int = 2) -> dict:
+    """ms per frame of the two fitters on one clip's landmarks (in its crop), interleaved, best of
+    ``repeats``: the warm-started tracker prepare uses vs the batch fitter it replaced."""
+    from fgp_fast.fitting import detect_landmarks, fit_landmarks, track_landmarks
+    from fgp_fast.media import read_video
+
+    frames, _ = read_video(video)
+    obs, tracked = detect_landmarks(frames)
+    obs = obs * (size / frames[0].shape[0])
+    best = {"tracker": float("inf"), "batch": float("inf")}
+    for _ in range(repeats):
+        for name, fit in (("tracker", lambda: track_landmarks(obs, tracked, size, size)),
+                          ("batch", lambda: fit_landmarks(obs, tracked, size, size))):
+            t0 = time.perf_counter()
+            fit()
+            best[name] = min(best[name], 1000 * (time.perf_counter() - t0) / len(frames))
+    return {f"{k}_ms_per_frame": v for k, v in best.items()} | {"frames": len(frames)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=8)
@@ -40,6 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("--video-size", type=int, default=256)
     p.add_argument("--size", type=int, default=128, help="prepared (training) resolution")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--anchor", action="store_true",
+                   help="also time the tracker against the batch fitter on one clip (interleaved, best of 2)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -66,8 +88,12 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"workers {workers}: {seconds:.1f} s, {row['clips_per_hour']:.0f} clips/hour, "
                   f"{row['frames_per_s']:.1f} frames/s (load {load:.2f} -> {row['load_after']:.2f})", flush=True)
+        anchor = fitter_anchor(videos / "clip000.mp4", args.size) if args.anchor else None
+        if anchor:
+            print(f"one clip ({anchor['frames']} frames): tracker {anchor['tracker_ms_per_frame']:.0f} ms/frame, "
+                  f"batch fitter {anchor['batch_ms_per_frame']:.0f} ms/frame (load {os.getloadavg()[0]:.2f})")
     result = {"clips": args.clips, "frames": args.frames, "video_size": args.video_size, "size": args.size,
-              "cpus": os.cpu_count(), "rows": rows}
+              "cpus": os.cpu_count(), "rows": rows, "fitters": anchor}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

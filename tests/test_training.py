@@ -186,6 +186,7 @@ def test_prepare_clip_names_never_collide(videos, tmp_path, capsys):
     (["--size", "12"], "--size must be a positive multiple of 8"),
     (["--margin", "0"], "--margin must be in [1, 10]"),
     (["--fit-steps", "0"], "--fit-steps must be an integer >= 1"),
+    (["--smoothing", "-1"], "--smoothing must be an integer in [0, 30]"),
 ])
 def test_prepare_refuses_bad_arguments(videos, tmp_path, capsys, argv, needle):
     out = tmp_path / "data"

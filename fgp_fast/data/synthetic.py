@@ -55,6 +55,7 @@ class SyntheticSpec:
     expression: float = 0.7             # an active channel's weight is uniform in [0, expression]
     shape_std: float = 0.8
     kinds: tuple[str, ...] = TEXTURE_KINDS
+    background_pattern: float = 0.4     # weight of the procedural pattern over the flat colour (0: flat)
 
     def check(self) -> None:
         for name in ("clips", "frames", "size"):
@@ -65,6 +66,8 @@ class SyntheticSpec:
             raise InputError(f"frames must be >= 2 (a source and a driver), got {self.frames}")
         if self.size % 8:
             raise InputError(f"size must be a multiple of 8, got {self.size}")
+        if not 0.0 <= self.background_pattern <= 1.0:
+            raise InputError(f"background_pattern must be in [0, 1], got {self.background_pattern}")
         unknown = sorted(set(self.kinds) - set(TEXTURE_KINDS))
         if unknown or not self.kinds:
             raise InputError(f"kinds must be a non-empty subset of {TEXTURE_KINDS}, got {self.kinds}")
@@ -142,15 +145,16 @@ def _blend(base: torch.Tensor, other: torch.Tensor, rng: np.random.Generator) ->
     return (1 - alpha) * base + alpha * other
 
 
-def _background(rng: np.random.Generator, size: int) -> torch.Tensor:
-    """A static (3, size, size) background: a random colour with soft procedural structure."""
+def _background(rng: np.random.Generator, size: int, weight: float = 0.4) -> torch.Tensor:
+    """A static (3, size, size) background: a random colour with soft procedural structure (its
+    weight ``weight``)."""
     colour = torch.from_numpy(rng.uniform(0.1, 0.9, 3)).float().view(3, 1, 1)
     from ..render import procedural_texture
 
     # a few cycles per frame at most: copying it needs the layout, not pixel-exact detail
     pattern = procedural_texture(16, seed=int(rng.integers(1 << 30)), octaves=4, detail=0.0)
     pattern = Fnn.interpolate(pattern[None], size=(size, size), mode="bicubic", align_corners=False)[0]
-    return (0.6 * colour + 0.4 * pattern).clamp(0, 1)
+    return ((1 - weight) * colour + weight * pattern).clamp(0, 1)
 
 
 def _frame_params(head, spec: SyntheticSpec, rng: np.random.Generator, T: int, shape: np.ndarray):
@@ -208,7 +212,7 @@ def render_synthetic(out: str | Path, spec: SyntheticSpec | None = None, texture
         with torch.no_grad():
             verts = head(fit.head_params(head))
             camera = camera_for(focal * RENDER_SCALE, R, R)
-            background = _background(rng, R)
+            background = _background(rng, R, spec.background_pattern)
             image, _ = render_textured(verts, head.faces, textures.faces_uv, textures.uv, texture, camera,
                                        background=background)
             image = Fnn.avg_pool2d(image, RENDER_SCALE)
