@@ -139,3 +139,29 @@ def test_dataset_reports_bad_frames_as_data_error(tmp_path):
     np.save(root / "clips" / "random0_00001" / "frames.npy", np.zeros((6, 16, 16, 3), np.float32))
     with pytest.raises(DataError, match="random0_00001: unreadable.*uint8"):
         ClipDataset(root)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts open descriptors in /proc/self/fd")
+def test_open_maps_are_bounded(tmp_path, monkeypatch):
+    """More clips than MAX_OPEN: at most that many maps (file descriptors) open at once, each
+    reopened when read again, the samples unchanged."""
+    from fgp_fast.data import frames as frames_module
+
+    monkeypatch.setattr(frames_module, "MAX_OPEN", 3)
+    root = random_dataset(tmp_path, clips=8, frames=6, size=16, seed=1)
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    ds = ClipDataset(root, frames=2, seed=1)
+    assert not any(f.is_open for f in ds.images) and fds() == before  # nothing mapped until read
+    plain = [np.load(root / "clips" / c / "frames.npy") for c in ds.clips]
+    for i in range(40):
+        s = ds.sample(i)
+        assert torch.equal(s["source"], torch.from_numpy(plain[s["clip"]][s["frames"][0]]).permute(2, 0, 1) / 255)
+        assert sum(f.is_open for f in ds.images) <= 3
+        assert fds() <= before + 3
+    # a clip rewritten while the dataset is open is refused, not mixed
+    f = ds.images[0]
+    f.close()
+    np.save(f.path, np.zeros((6, 16, 16, 3), np.uint8))
+    with pytest.raises(DataError, match="changed on disk"):
+        f.read([0])
