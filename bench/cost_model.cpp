@@ -17,9 +17,29 @@
 #include <vector>
 
 namespace cost_model {
-thread_local std::vector<int>* events = nullptr;
+// The tile being replayed: each lane's events, and the tile's shared events per sample index (the
+// shortlist walk, run by one lane of the warp).
+struct Tile {
+  std::vector<std::vector<int>> lanes;
+  std::vector<std::vector<int>> shared;
+  std::vector<int>* events = nullptr;
+  int samples0 = 0;  // sample markers lane 0 has recorded: the index the shared work belongs to
+};
+thread_local Tile* tile = nullptr;
+inline void set_lane(int lane) {
+  if (lane >= 0) {
+    tile->events = &tile->lanes[lane];
+    return;
+  }
+  tile->events = &tile->shared[tile->samples0];
 }
-#define FGP_TRACE(event) (::cost_model::events->push_back(event))
+inline void trace(int event) {
+  if (event == 0 && tile->events == &tile->lanes[0]) tile->samples0++;  // 0: kTraceSample
+  tile->events->push_back(event);
+}
+}  // namespace cost_model
+#define FGP_TRACE(event) (::cost_model::trace(event))
+#define FGP_TRACE_LANE(lane) (::cost_model::set_lane(lane))
 #include "flow_core.h"
 
 using namespace fgp;
@@ -35,12 +55,12 @@ void read(FILE* f, T* dst, size_t n) {
 }
 
 struct Stats {
-  double samples = 0, nodes = 0, tris = 0, boxed = 0, seeds = 0, resolves = 0;
+  double samples = 0, nodes = 0, tris = 0, boxed = 0, seeds = 0, resolves = 0, listed = 0, shortlisted = 0;
   double warp_instr = 0, lane_instr = 0;  // warps whose lanes are all of this class, or mixed
 };
 
 constexpr int kWarp = 32;
-constexpr int kLoops = 2;  // traversal loop, lost-member pass
+constexpr int kLoops = 3;  // traversal loop, lost-member pass, shortlist loop
 
 // One lane's events of one sample, cut into iterations of each loop (a loop marker opens one).
 struct LaneSample {
@@ -53,8 +73,8 @@ void split(const std::vector<int>& ev, size_t& pos, LaneSample& ls) {
   for (; pos < ev.size(); ++pos) {
     const int e = ev[pos];
     if (e == kTraceSample) return;
-    if (e == kTraceIter || e == kTraceResolve) {
-      loop = e == kTraceIter ? 0 : 1;
+    if (e == kTraceIter || e == kTraceResolve || e == kTraceList) {
+      loop = e == kTraceIter ? 0 : (e == kTraceResolve ? 1 : 2);
       ls.iters[loop].emplace_back(kTraceEvents, 0);
     }
     if (loop < 0) ls.prologue[e]++;
@@ -112,29 +132,38 @@ int main(int argc, char** argv) {
   const float near_ = scal[0], far_ = scal[1];
   const FlowPixelArgs A = flow_args(0, nodes.data(), M, tris.data(), vt.data(), vs.data(), V, faces.data(), F,
                                     zbuf.data(), false, &near_, &far_, scal[2], N, H, W, out.data(), kOutF32);
-  const int warps_x = (W + kWarp - 1) / kWarp;
+  const int tiles_x = (W + kTileW - 1) / kTileW, tiles_y = (H + kTileH - 1) / kTileH;
   // classes: 0 head, 1 background (per sample); warp cost split by the warp's mix (0 all head,
   // 1 all background, 2 mixed)
   Stats cls[2], mix[3];
-  double fixed_instr = 0, fixed_lane = 0;
+  double fixed_instr = 0, fixed_lane = 0, shared_instr = 0, active_total = 0, shared_runs = 0, overflows = 0,
+         list_total = 0, tile_nodes = 0, tile_tris = 0;
 #pragma omp parallel
   {
     Stats my_cls[2], my_mix[3];
-    double my_fixed = 0, my_fixed_lane = 0;
-    std::vector<std::vector<int>> ev(kWarp);
+    double my_fixed = 0, my_fixed_lane = 0, my_shared = 0, active_extra = 0, my_runs = 0, my_over = 0,
+           my_list = 0, my_tnodes = 0, my_ttris = 0;
+    cost_model::Tile tl;
+    tl.lanes.resize(kWarp);
+    tl.shared.resize(N + 1);
+    cost_model::tile = &tl;
+    std::vector<ListEntry> list(kListCapCuda);
     std::vector<LaneSample> ls(kWarp);
 #pragma omp for schedule(dynamic, 4)
-    for (int w = 0; w < H * warps_x; ++w) {
-      const int y = w / warps_x, x0 = (w % warps_x) * kWarp;
+    for (int w = 0; w < tiles_x * tiles_y; ++w) {
+      const int x0 = (w % tiles_x) * kTileW, y0 = (w / tiles_x) * kTileH;
+      for (auto& v : tl.lanes) v.clear();
+      for (auto& v : tl.shared) v.clear();
+      tl.samples0 = 0;
+      tl.events = &tl.lanes[0];
+      flow_tile(A, cam, x0, y0, list.data(), kListCapCuda);  // as flow_kernel
       bool head[kWarp];
       int lanes = 0, heads = 0;
-      for (int l = 0; l < kWarp && x0 + l < W; ++l, ++lanes) {
-        ev[l].clear();
-        cost_model::events = &ev[l];
-        flow_pixel(A, cam, x0 + l, y, nullptr);
-        head[l] = zbuf[size_t(y) * W + x0 + l] != kEmptyKey;
-        heads += head[l];
-      }
+      for (int j = 0; j < kTileH && y0 + j < H; ++j)
+        for (int i = 0; i < kTileW && x0 + i < W; ++i, ++lanes) {
+          head[lanes] = zbuf[size_t(y0 + j) * W + x0 + i] != kEmptyKey;
+          heads += head[lanes];
+        }
       const int kind = heads == lanes ? 0 : (heads == 0 ? 1 : 2);
       my_fixed += c_pixel;
       my_fixed_lane += c_pixel * lanes;
@@ -142,9 +171,29 @@ int main(int argc, char** argv) {
       for (int l = 0; l < lanes; ++l) pos[l] = 1;  // past the first sample marker
       for (int n = 0; n < N; ++n) {
         double warp = c_sample, useful = c_sample * lanes;
+        // the shared shortlist walk (the driver's marker of sample n + 1 is where lane 0 stood)
+        const std::vector<int>& sh = tl.shared[n + 1];
+        if (!sh.empty()) {
+          double c = 0;
+          for (int e : sh) c += cost[e];
+          c -= cost[kTraceSample];
+          warp += c;
+          useful += c;  // strict: the walk's work counted once (every lane runs it in step)
+          active_extra += c * (lanes - 1);
+          my_shared += c;
+          my_runs += 1;
+          int tn = 0, tt = 0;
+          for (int e : sh) {
+            tn += e == kTraceTileInner;
+            tt += e == kTraceTileStep;  // chunks of <= 32 triangles
+          }
+          my_tnodes += tn;
+          my_ttris += tt;
+        }
+        int listed_max = -1;
         for (int l = 0; l < lanes; ++l) {
           ls[l] = LaneSample();
-          split(ev[l], pos[l], ls[l]);
+          split(tl.lanes[l], pos[l], ls[l]);
           ++pos[l];
           Stats& s = my_cls[head[l] ? 0 : 1];
           s.samples += 1;
@@ -154,8 +203,12 @@ int main(int argc, char** argv) {
               s.nodes += it[kTraceInner] + it[kTraceLeaf] + it[kTraceResolve];
               s.tris += it[kTraceExact];
               s.boxed += it[kTraceTri];
+              s.listed += it[kTraceList];
             }
           s.resolves += !ls[l].iters[1].empty();
+          const int nl = static_cast<int>(ls[l].iters[2].size());
+          s.shortlisted += nl > 0;
+          listed_max = std::max(listed_max, nl);
         }
         // prologue (seeds): per event, the busiest lane
         for (int e = 0; e < kTraceEvents; ++e) {
@@ -181,6 +234,10 @@ int main(int argc, char** argv) {
               warp += cost[e] * most;
             }
         }
+        if (!sh.empty()) {  // every member lane walks the whole list; none did: it overflowed
+          my_list += listed_max > 0 ? listed_max : 0;
+          my_over += listed_max <= 0;
+        }
         my_mix[kind].warp_instr += warp;
         my_mix[kind].lane_instr += useful;
         my_mix[kind].samples += lanes;
@@ -195,6 +252,8 @@ int main(int argc, char** argv) {
         cls[k].boxed += my_cls[k].boxed;
         cls[k].seeds += my_cls[k].seeds;
         cls[k].resolves += my_cls[k].resolves;
+        cls[k].listed += my_cls[k].listed;
+        cls[k].shortlisted += my_cls[k].shortlisted;
       }
       for (int k = 0; k < 3; ++k) {
         mix[k].warp_instr += my_mix[k].warp_instr;
@@ -203,6 +262,13 @@ int main(int argc, char** argv) {
       }
       fixed_instr += my_fixed;
       fixed_lane += my_fixed_lane;
+      shared_instr += my_shared;
+      active_total += active_extra;
+      shared_runs += my_runs;
+      overflows += my_over;
+      list_total += my_list;
+      tile_nodes += my_tnodes;
+      tile_tris += my_ttris;
     }
   }
   double warp_total = fixed_instr, lane_total = fixed_lane;
@@ -215,15 +281,21 @@ int main(int argc, char** argv) {
   for (int k = 0; k < 2; ++k) {
     const double s = cls[k].samples > 0 ? cls[k].samples : 1;
     printf("  \"%s\": {\"samples\": %.0f, \"nodes_per_sample\": %.3f, \"tris_per_sample\": %.3f, "
-           "\"tri_boxes_per_sample\": %.3f, \"seeds_per_sample\": %.3f, \"lost_member_passes\": %.0f},\n",
+           "\"tri_boxes_per_sample\": %.3f, \"seeds_per_sample\": %.3f, \"lost_member_passes\": %.0f, "
+           "\"list_entries_per_sample\": %.3f, \"shortlisted_fraction\": %.4f},\n",
            names[k], cls[k].samples, cls[k].nodes / s, cls[k].tris / s, cls[k].boxed / s, cls[k].seeds / s,
-           cls[k].resolves);
+           cls[k].resolves, cls[k].listed / s, cls[k].shortlisted / s);
   }
   const char* mixes[3] = {"head_warps", "background_warps", "mixed_warps"};
   for (int k = 0; k < 3; ++k)
     printf("  \"%s\": {\"lane_samples\": %.0f, \"warp_instructions\": %.6e, \"lane_efficiency\": %.4f},\n", mixes[k],
            mix[k].samples, mix[k].warp_instr, mix[k].warp_instr > 0 ? mix[k].lane_instr / (kWarp * mix[k].warp_instr) : 0.0);
-  printf("  \"warp_instructions\": %.6e,\n  \"lane_efficiency\": %.4f\n}\n", warp_total,
-         lane_total / (kWarp * warp_total));
+  const double runs = shared_runs > 0 ? shared_runs : 1;
+  printf("  \"tiles\": {\"shortlist_walks\": %.0f, \"overflows\": %.0f, \"list_length\": %.2f, \"walk_nodes\": %.2f, "
+         "\"walk_steps\": %.2f, \"shared_warp_instructions\": %.6e},\n",
+         shared_runs, overflows, list_total / std::max(1.0, shared_runs - overflows), tile_nodes / runs, tile_tris / runs,
+         shared_instr);
+  printf("  \"warp_instructions\": %.6e,\n  \"lane_efficiency\": %.4f,\n  \"active_lane_efficiency\": %.4f\n}\n",
+         warp_total, lane_total / (kWarp * warp_total), (lane_total + active_total) / (kWarp * warp_total));
   return 0;
 }

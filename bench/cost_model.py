@@ -2,10 +2,16 @@
 
 Runs the real per-pixel code of ``flow_kernel`` (``fgp::flow_pixel`` and the BVH traversal of
 csrc/bvh.h, compiled from the same header with its ``FGP_TRACE`` hook recording events; the real
-builds compile the hook to nothing) on the CPU for a given mesh, resolution and N, groups lanes
-32 consecutive pixels of a row to a warp as the kernel's 32x4 blocks do, and replays each warp in
-lockstep (bench/cost_model.cpp). It reports nodes visited and triangles tested per head and per
-background sample, SIMT lane efficiency, and modelled warp-instructions per frame.
+builds compile the hook to nothing) on the CPU for a given mesh, resolution and N: ``fgp::flow_tile``
+is the CPU form of one warp of ``flow_kernel`` (an 8x4 pixel tile whose background samples share a
+shortlist walk per sample index), and each warp is replayed in lockstep (bench/cost_model.cpp). It
+reports nodes visited and triangles tested per head and per background sample, the shortlists
+(walks, overflows, length), SIMT lane efficiency and modelled warp-instructions per frame.
+
+Lane efficiency: useful lane-instructions / (32 x warp-instructions). The tile's walk runs on all
+lanes in step (each computes the same node tests; a step through queued leaves gives each lane a
+triangle): ``lane_efficiency`` counts that walk as one lane's work (strict), ``active_lane_efficiency``
+counts every active lane (what nsight reports as warp execution efficiency).
 
 Calibration: the instructions each event costs are counted in the SASS of ``flow_kernel`` built
 for sm_90 (nvcc -cubin -arch=sm_90 -O3 -fmad=false -lineinfo, disassembled with the nvdisasm that
@@ -43,7 +49,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CSRC = os.path.join(ROOT, "csrc")
 SASS_JSON = os.path.join(HERE, "cost_model_sass.json")
-EVENTS = ["sample", "seed", "iter", "inner", "leaf", "tri", "pop", "resolve", "exact"]   # csrc/bvh.h TraceEvent
+EVENTS = ["sample", "seed", "iter", "inner", "leaf", "tri", "pop", "resolve", "exact",
+          "tile", "tileinner", "tilequeue", "tilestep", "tilepop", "filter", "list", "listplane"]   # csrc/bvh.h TraceEvent
 # H200 SXM: 132 SMs x 4 warp schedulers, one warp-instruction each per cycle, 1.98 GHz boost
 ISSUE_PER_S = 132 * 4 * 1.98e9
 
@@ -65,7 +72,10 @@ def _regions(path: str) -> dict[int, str]:
     lines = open(path).read().splitlines()
     out = {}
     funcs = {"bvh_search": None, "bvh_resolve_lost": None, "offer_tri": None, "offer_face": "seed",
-             "flow_pixel": None}
+             "bvh_shortlist": None, "shortlist_filter": None, "offer_shortlist": None, "shortlist_step": None,
+             "shortlist_leaf": None,
+             "pixel_setup": "pixel", "sample_point": "sample", "tile_member": "sample", "flow_sample": "sample",
+             "tile_sample_box": "sample"}
     i = 0
     while i < len(lines):
         m = re.match(r"FGP_HD \w+ (\w+)\(", lines[i])
@@ -78,6 +88,8 @@ def _regions(path: str) -> dict[int, str]:
                     region = mk.group(1).lower()
                     if m.group(1) == "bvh_resolve_lost" and region != "resolve":
                         region = "resolve_" + region   # its own copy of a test: costed by the main one
+                    if m.group(1) == "offer_shortlist" and region not in ("list", "listplane"):
+                        region = "list_" + region
                 out[j + 1] = fixed or region
                 j += 1
             i = j
@@ -96,6 +108,7 @@ def calibrate() -> dict:
     text = next(sec for sec in re.split(r"//-{5,} \.text\.", sass) if "flow_kernel" in sec.split("\n", 1)[0])
     maps = {os.path.join(CSRC, f): _regions(os.path.join(CSRC, f)) for f in ("bvh.h", "flow_core.h")}
     counts, loads = Counter(), Counter()
+    sites = {"filter": set(), "tilestep": set()}   # regions of helpers inlined at several call sites
     chain: list[tuple[str, int]] = []   # the inline chain, innermost first: one comment line per frame
     fresh = True
     for line in text.splitlines():
@@ -111,10 +124,12 @@ def calibrate() -> dict:
         if re.search(r"\bEXIT ;", line) and not re.search(r"@!?U?P\d", line):
             break   # past the kernel's last EXIT: the division/sqrt slow-path subroutines (rare)
         region = "pixel"
-        for f, n in chain:   # innermost traced frame decides
+        for k, (f, n) in enumerate(chain):   # innermost traced frame decides
             r = maps.get(f, {}).get(n)
             if r is not None:
                 region = r
+                if r in sites and k + 1 < len(chain):
+                    sites[r].add(chain[k + 1])
                 break
         counts[region] += 1
         if "LDG.E.128" in line:
@@ -124,7 +139,10 @@ def calibrate() -> dict:
     per_event = {e: counts[e] for e in EVENTS}
     per_event["tri"] = counts["tri"] / copies
     per_event["exact"] = counts["exact"] / copies
+    for r, callers in sites.items():   # one copy per call site: the cost of one event is one copy's
+        per_event[r] = counts[r] / max(1, len(callers))
     res = {"events": per_event, "pixel": counts["pixel"], "tri_copies": copies, "total": sum(counts.values()),
+           "list_exact": counts["list_exact"], "copies": {r: len(c) for r, c in sites.items()},
            "source": "nvcc -cubin -arch=sm_90 -O3 -fmad=false csrc/cuda/kernels.cu; nvdisasm -c -gi (flow_kernel)",
            "sources_sha1": _sources_hash()}
     return res
@@ -140,15 +158,15 @@ def _sources_hash() -> str:
 # ---------------------------------------------------------------------------------------------
 # driver
 
-def build_driver() -> str:
+def build_driver(defines: tuple[str, ...] = ()) -> str:
     src = os.path.join(HERE, "cost_model.cpp")
-    h = hashlib.sha1(open(src, "rb").read())
+    h = hashlib.sha1(open(src, "rb").read() + " ".join(defines).encode())
     for f in ("bvh.h", "flow_core.h", "geometry.h"):
         h.update(open(os.path.join(CSRC, f), "rb").read())
     exe = os.path.join(tempfile.gettempdir(), f"fgp_cost_model_{h.hexdigest()[:12]}")
     if not os.path.exists(exe):
         subprocess.run(["g++", "-O2", "-fopenmp", "-std=c++17", "-ffp-contract=off", "-fno-math-errno",
-                        f"-I{CSRC}", src, "-o", exe + ".tmp"], check=True)
+                        *[f"-D{d}" for d in defines], f"-I{CSRC}", src, "-o", exe + ".tmp"], check=True)
         os.replace(exe + ".tmp", exe)
     return exe
 
@@ -162,7 +180,7 @@ def scene(mesh: str, size: int):
 
 
 def run(vs, vt, faces, cam, n: int, costs: dict, near=None, far=None, delta: float = 0.01,
-        leaf_size: int = 4) -> dict:
+        leaf_size: int = 4, defines: tuple[str, ...] = ()) -> dict:
     from fgp_fast.ops import native
     bvh = native.MeshBVH(faces, vt, leaf_size=leaf_size)
     r = native.native_rasterize(vt[None], faces, cam)
@@ -184,7 +202,7 @@ def run(vs, vt, faces, cam, n: int, costs: dict, near=None, far=None, delta: flo
         with open(cst, "w") as fh:
             fh.write(" ".join(str(costs["events"][e]) for e in EVENTS) + f" {costs['events']['sample']} "
                      f"{costs['pixel']}\n")
-        out = subprocess.run([build_driver(), inp, cst], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run([build_driver(defines), inp, cst], check=True, capture_output=True, text=True).stdout
     res = json.loads(out)
     res["head_pixel_fraction"] = float(r.mask.float().mean())
     res["ms_at_full_issue_h200"] = res["warp_instructions"] / ISSUE_PER_S * 1e3
@@ -202,6 +220,8 @@ def main():
     ap.add_argument("--near", type=float, default=None)
     ap.add_argument("--far", type=float, default=None)
     ap.add_argument("--leaf-size", type=int, default=4, help="BVH leaf size (the backends use 4)")
+    ap.add_argument("--define", action="append", default=[],
+                    help="NAME=VALUE for the driver's build, to model a variant (FGP_LIST_CAP_CUDA, FGP_TILE_MIN_SHARED)")
     ap.add_argument("--threads", type=int, default=None, help="OpenMP threads of the driver")
     ap.add_argument("--calibrate", action="store_true", help="recount instructions from the sm_90 SASS (nvcc)")
     ap.add_argument("--json", default=None)
@@ -217,15 +237,21 @@ def main():
         if costs.get("sources_sha1") != _sources_hash():
             print("note: the SASS counts are from other sources than these (run --calibrate where nvcc is)")
     vs, vt, faces, cam = scene(args.mesh, args.size)
-    res = run(vs, vt, faces, cam, args.n, costs, args.near, args.far, leaf_size=args.leaf_size)
-    res.update(mesh=args.mesh, size=args.size, n=args.n, leaf_size=args.leaf_size, costs=costs)
+    res = run(vs, vt, faces, cam, args.n, costs, args.near, args.far, leaf_size=args.leaf_size,
+              defines=tuple(args.define))
+    res.update(mesh=args.mesh, size=args.size, n=args.n, leaf_size=args.leaf_size, defines=args.define, costs=costs)
     print(f"{args.mesh} {args.size}x{args.size} N={args.n}: head on {100 * res['head_pixel_fraction']:.0f}% of pixels")
+    t = res["tiles"]
+    print(f"  tile shortlists: {t['shortlist_walks']:.0f} walks, {t['overflows']:.0f} overflowed, "
+          f"{t['list_length']:.1f} entries, {t['walk_nodes']:.1f} inner nodes and {t['walk_steps']:.1f} steps through queued leaves per "
+          f"walk; walks {100 * t['shared_warp_instructions'] / res['warp_instructions']:.0f}% of the instructions")
     for k in ("head", "background"):
         c = res[k]
         print(f"  {k:10s} samples: {c['nodes_per_sample']:6.1f} nodes, {c['tris_per_sample']:6.1f} exact triangle "
-              f"tests of {c['tri_boxes_per_sample']:.1f} offered (+{c['seeds_per_sample']:.1f} seeds), "
+              f"tests of {c['tri_boxes_per_sample']:.1f} boxed + {c['list_entries_per_sample']:.1f} listed "
+              f"(+{c['seeds_per_sample']:.1f} seeds; {100 * c['shortlisted_fraction']:.0f}% through a shortlist), "
               f"lost-member passes {c['lost_member_passes']:.0f}")
-    print(f"  lane efficiency {100 * res['lane_efficiency']:.1f}%  "
+    print(f"  lane efficiency {100 * res['lane_efficiency']:.1f}% (active lanes {100 * res['active_lane_efficiency']:.1f}%)  "
           f"(head warps {100 * res['head_warps']['lane_efficiency']:.0f}%, background "
           f"{100 * res['background_warps']['lane_efficiency']:.0f}%, mixed {100 * res['mixed_warps']['lane_efficiency']:.0f}%)")
     print(f"  {res['warp_instructions'] / 1e9:.2f} G warp-instructions/frame, background warps "

@@ -225,43 +225,116 @@ FGP_HD FlowPixelArgs flow_args(int64_t b, const BVHNode* nodes, int64_t M, const
   return A;
 }
 
-// The N samples of pixel (x, y): sample depths, nearest triangle (seeded with the rendered face,
-// the previous sample's face and `left` = the neighbour pixel's faces per sample, when given),
-// field, rotate into the camera frame, store. `left` (N ints or null) is updated in place.
-FGP_HD void flow_pixel(const FlowPixelArgs& A, const CamParams& cam, int x, int y, int* left) {
-  const int64_t hw = static_cast<int64_t>(A.H) * A.W;
-  const int64_t pix = static_cast<int64_t>(y) * A.W + x;
-  const Vec3 ray = pixel_ray(cam, x, y);
-  int face0 = -1;
+// One pixel's ray and sample range: around the rendered depth for a head pixel (whose rendered
+// face seeds the first query), over [near, far] for a background one.
+struct PixelRay {
+  Vec3 ray;
+  float lo, span;
+  int64_t pix;
+  int face0;
+  bool head;
+};
+
+FGP_HD PixelRay pixel_setup(const FlowPixelArgs& A, const CamParams& cam, int x, int y) {
+  PixelRay r;
+  r.pix = static_cast<int64_t>(y) * A.W + x;
+  r.ray = pixel_ray(cam, x, y);
+  r.face0 = -1;
+  r.head = false;
   float depth = 0.f;
-  bool head = false;
   if (A.zbuf != nullptr) {
     Vec3 bary;
-    head = resolve_pixel(cam, A.vt, A.faces, A.zbuf[pix], x, y, A.H, A.W, face0, depth, bary);
+    r.head = resolve_pixel(cam, A.vt, A.faces, A.zbuf[r.pix], x, y, A.H, A.W, r.face0, depth, bary);
   }
-  const float lo = head ? depth - A.delta : A.near;
-  const float span = head ? 2.f * A.delta : A.far - A.near;
-  int prev = face0;
-  for (int n = 0; n < A.N; ++n) {
-    FGP_TRACE(kTraceSample);
-    const float s = A.N == 1 ? 0.5f : static_cast<float>(n) / static_cast<float>(A.N - 1);
-    const float d = lo + span * s;
-    const Vec3 pw = to_world(cam, d * ray);
-    Hit hit = no_hit();
-    if (prev >= 0) offer_face(A.vt, A.faces, prev, pw, hit);
-    if (left != nullptr && left[n] >= 0 && left[n] != prev) offer_face(A.vt, A.faces, left[n], pw, hit);
+  r.lo = r.head ? depth - A.delta : A.near;
+  r.span = r.head ? 2.f * A.delta : A.far - A.near;
+  return r;
+}
+
+// World position of sample n of the ray.
+FGP_HD Vec3 sample_point(const FlowPixelArgs& A, const CamParams& cam, const PixelRay& r, int n) {
+  const float s = A.N == 1 ? 0.5f : static_cast<float>(n) / static_cast<float>(A.N - 1);
+  const float d = r.lo + r.span * s;
+  return to_world(cam, d * r.ray);
+}
+
+// Whether sample pw of ray r joins its tile's shortlist: background samples (head samples lie on
+// the surface, where a per-sample search is short) with a finite position.
+FGP_HD bool tile_member(const PixelRay& r, Vec3 pw) {
+  return !r.head && fabsf(pw.x) < INFINITY && fabsf(pw.y) < INFINITY && fabsf(pw.z) < INFINITY;  // NaN: false
+}
+
+// Sample n of ray r at pw: nearest triangle (seeded with `prev`, the previous sample's face;
+// through the tile's shortlist when count >= 0, else by traversal), field, rotate into the camera
+// frame, store. Returns the next sample's seed.
+FGP_HD int flow_sample(const FlowPixelArgs& A, const CamParams& cam, const PixelRay& r, Vec3 pw, int n, int prev,
+                       const ListEntry* list, int count) {
+  Hit hit = no_hit();
+  if (prev >= 0) offer_face(A.vt, A.faces, prev, pw, hit);
+  if (count >= 0) {
+    offer_shortlist(A.tris, list, count, pw, hit);
+    if (hit_lost(hit)) bvh_resolve_lost(A.nodes, A.tris, pw, hit);
+  } else {
     bvh_nearest(A.nodes, A.tris, pw, hit);
-    Vec3 f = Vec3{NAN, NAN, NAN};
-    if (hit.face >= 0 && hit.face < A.F) {
-      const Field fd = surface_field_at(A.vt, A.vs, A.faces, hit.face, pw);
-      f = rotate(cam, fd.p_src - pw);
-      prev = hit.face;
-      if (left != nullptr) left[n] = hit.face;
+  }
+  Vec3 f = Vec3{NAN, NAN, NAN};
+  if (hit.face >= 0 && hit.face < A.F) {
+    const Field fd = surface_field_at(A.vt, A.vs, A.faces, hit.face, pw);
+    f = rotate(cam, fd.p_src - pw);
+    prev = hit.face;
+  }
+  const int64_t hw = static_cast<int64_t>(A.H) * A.W;
+  const int64_t o = static_cast<int64_t>(3 * n) * hw + r.pix;
+  store_out(A.out, A.kind, o, f.x);
+  store_out(A.out, A.kind, o + hw, f.y);
+  store_out(A.out, A.kind, o + 2 * hw, f.z);
+  return prev;
+}
+
+// flow_kernel's warp: a tile of kTileW x kTileH pixels, whose background samples of one index share
+// a shortlist when at least kTileMinShared of them do (fewer: per-sample traversal is cheaper).
+constexpr int kTileW = 8, kTileH = 4, kTileLanes = kTileW * kTileH;
+#ifndef FGP_TILE_MIN_SHARED
+#define FGP_TILE_MIN_SHARED 8
+#endif
+constexpr int kTileMinShared = FGP_TILE_MIN_SHARED;
+
+// The CPU (and cost-model) form of one warp of flow_kernel: the tile at (x0, y0), clipped to the
+// image, sample index by sample index; `list` holds `cap` entries.
+inline void flow_tile(const FlowPixelArgs& A, const CamParams& cam, int x0, int y0, ListEntry* list, int cap) {
+  PixelRay r[kTileLanes];
+  int prev[kTileLanes];
+  int lanes = 0;
+  for (int j = 0; j < kTileH && y0 + j < A.H; ++j)
+    for (int i = 0; i < kTileW && x0 + i < A.W; ++i) {
+      r[lanes] = pixel_setup(A, cam, x0 + i, y0 + j);
+      prev[lanes] = r[lanes].face0;
+      ++lanes;
     }
-    const int64_t o = static_cast<int64_t>(3 * n) * hw + pix;
-    store_out(A.out, A.kind, o, f.x);
-    store_out(A.out, A.kind, o + hw, f.y);
-    store_out(A.out, A.kind, o + 2 * hw, f.z);
+  for (int n = 0; n < A.N; ++n) {
+    Vec3 pw[kTileLanes];
+    bool member[kTileLanes];
+    Vec3 lo = Vec3{INFINITY, INFINITY, INFINITY}, hi = Vec3{-INFINITY, -INFINITY, -INFINITY};
+    int members = 0;
+    for (int l = 0; l < lanes; ++l) {
+      pw[l] = sample_point(A, cam, r[l], n);
+      member[l] = tile_member(r[l], pw[l]);
+      if (!member[l]) continue;
+      ++members;
+      lo = Vec3{fgp_min(lo.x, pw[l].x), fgp_min(lo.y, pw[l].y), fgp_min(lo.z, pw[l].z)};
+      hi = Vec3{fgp_max(hi.x, pw[l].x), fgp_max(hi.y, pw[l].y), fgp_max(hi.z, pw[l].z)};
+    }
+    int count = -1;
+    if (members >= kTileMinShared) {
+      FGP_TRACE_LANE(kTraceShared);
+      FGP_TRACE(kTraceSample);
+      count = bvh_shortlist(A.nodes, A.tris, lo, hi, list, cap);
+    }
+    for (int l = 0; l < lanes; ++l) {
+      FGP_TRACE_LANE(l);
+      FGP_TRACE(kTraceSample);
+      prev[l] = flow_sample(A, cam, r[l], pw[l], n, prev[l], list, member[l] ? count : -1);
+    }
   }
 }
 

@@ -132,6 +132,23 @@ FGP_HD float box_dist2(Vec3 p, Vec3 lo, Vec3 hi) {
   return (dx * dx + dy * dy) + dz * dz;
 }
 
+// Squared distance between two axis-aligned boxes (0 when they overlap): a lower bound of
+// box_dist2(p, blo, bhi) for every p in [alo, ahi] under float rounding (each step is monotone).
+FGP_HD float box_box_dist2(Vec3 alo, Vec3 ahi, Vec3 blo, Vec3 bhi) {
+  const float dx = fgp_max(fgp_max(blo.x - ahi.x, alo.x - bhi.x), 0.f);
+  const float dy = fgp_max(fgp_max(blo.y - ahi.y, alo.y - bhi.y), 0.f);
+  const float dz = fgp_max(fgp_max(blo.z - ahi.z, alo.z - bhi.z), 0.f);
+  return (dx * dx + dy * dy) + dz * dz;
+}
+
+// Squared distance from v to the farthest point of the box [lo, hi].
+FGP_HD float box_far_dist2(Vec3 v, Vec3 lo, Vec3 hi) {
+  const float dx = fgp_max(fabsf(v.x - lo.x), fabsf(v.x - hi.x));
+  const float dy = fgp_max(fabsf(v.y - lo.y), fabsf(v.y - hi.y));
+  const float dz = fgp_max(fabsf(v.z - lo.z), fabsf(v.z - hi.z));
+  return (dx * dx + dy * dy) + dz * dz;
+}
+
 // ------------------------------------------------------------------ output conversion
 // Round-to-nearest-even float -> half / bfloat16 bits, written without torch/CUDA half types so
 // the CPU kernels stay torch-free (same results as torch's conversions, NaN kept NaN).

@@ -134,10 +134,18 @@ class FaceLandmarker:
 
 def detect_image(image: np.ndarray, name: str, face_index: int = 0) -> np.ndarray:
     """Landmarks of one still image; ``name`` (its file) is quoted in the error when no face is found."""
+    check_face_index(face_index)
+    with FaceLandmarker(video=False) as lm:
+        return pick_face(lm.faces(image), name, face_index)
+
+
+def check_face_index(face_index: int) -> None:
     if face_index < 0:
         raise InputError(f"face index must be >= 0, got {face_index}")
-    with FaceLandmarker(video=False) as lm:
-        found = lm.faces(image)
+
+
+def pick_face(found: list[np.ndarray], name: str, face_index: int) -> np.ndarray:
+    """``found[face_index]`` (faces largest first), or NoFaceError naming ``name`` and what was found."""
     if not found:
         raise NoFaceError(f"no face found in {name}")
     if face_index >= len(found):

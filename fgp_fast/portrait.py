@@ -178,18 +178,11 @@ class Portrait:
 
 def _find_face(image: np.ndarray, name: str, face_index: int) -> np.ndarray:
     """The ``face_index``-th largest face of a still, found at any scale (``fgp_fast.facefinder``)."""
-    from .errors import NoFaceError
     from .facefinder import find_faces
+    from .landmarks import check_face_index, pick_face
 
-    if face_index < 0:
-        raise InputError(f"face index must be >= 0, got {face_index}")
-    found = find_faces(image)
-    if not found:
-        raise NoFaceError(f"no face found in {name}")
-    if face_index >= len(found):
-        raise NoFaceError(f"{name} has {len(found)} face(s); face index {face_index} does not exist "
-                          f"(faces are numbered from 0, largest first)")
-    return found[face_index]
+    check_face_index(face_index)
+    return pick_face(find_faces(image), name, face_index)
 
 
 def crop_camera(camera, crop, size: int):

@@ -145,7 +145,9 @@ def test_a_driver_with_cuts_keeps_a_plausible_face(portrait, media, tmp_path):
     report = _animate(portrait, driver, out)
     print("cuts", dict(report.cuts), "states", dict(report.states))
     assert report.frames == len(clip)
-    assert report.cuts["first"] == 1 and report.cuts["jump"] + report.cuts["shot"] + report.cuts["found"] >= 2
+    # a segment starts at each cut; its reason is the shot change, or "identity" where the new
+    # shot's face also fits as another person (a close call on the zoomed and mirrored shots)
+    assert report.cuts["first"] == 1 and sum(n for why, n in report.cuts.items() if why != "first") >= 2
     assert report.states["held"] + report.states["rest"] >= 6
     generated, _ = read_video(out)
     with FaceLandmarker(video=False) as lm:

@@ -10,25 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from fgp_fast.fitting import FitResult, FitSettings, LandmarkModel, cached_fit, fill_gaps, fit_image, fit_sequence
-from fgp_fast.fitting import load_embedding
+from fgp_fast.fitting import FitResult, FitSettings, cached_fit, fill_gaps, fit_image, fit_sequence
 from fgp_fast.fitting.fit import Fitter
 from fgp_fast.fitting.result import camera_for
-from fgp_fast.heads import axis_angle_to_matrix, euler_to_matrix, load_head_model, matrix_to_axis_angle
+from fgp_fast.heads import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle
 from fgp_fast.render import procedural_texture, render_textured
 
 SIZE, FOCAL, NOISE = 256, 500.0, 0.5
 ACTIVE = ["jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R", "browInnerUp_L", "mouthFunnel"]
-
-
-@pytest.fixture(scope="module")
-def head():
-    return load_head_model("ict")
-
-
-@pytest.fixture(scope="module")
-def model(head):
-    return LandmarkModel(head, *load_embedding())
 
 
 def _params(head, yaw, pitch, roll, expr, trans, shape):

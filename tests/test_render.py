@@ -6,18 +6,12 @@ import torch
 import torch.nn.functional as Fnn
 
 from fgp_fast.camera import Camera
-from fgp_fast.heads import load_head_model
 from fgp_fast.ops import rasterize
 from fgp_fast.render import (WarpRenderer, bake_texture, distance_to_mask, jump_flood_distance, procedural_texture,
                              pushpull_fill, render_textured, smooth_falloff, warp_render)
 
 SIZE = 96
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture(scope="module")
-def head():
-    return load_head_model("ict")
 
 
 def head_verts(head, jaw=0.0, yaw_deg=0.0, pitch_deg=0.0, shift=(0.0, 0.0, 0.0)):

@@ -5,21 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from fgp_fast.fitting import FitSettings, LandmarkModel, load_embedding
+from fgp_fast.fitting import FitSettings
 from fgp_fast.fitting.result import camera_for
 from fgp_fast.fitting.tracker import FrameTracker, TrackSettings, WindowSmoother, identity_distance, scene_change, thumbnail
-from fgp_fast.heads import axis_angle_to_euler, load_head_model
+from fgp_fast.heads import axis_angle_to_euler
 from test_fitting import FOCAL, NOISE, SIZE, _angle_deg, _params
-
-
-@pytest.fixture(scope="module")
-def head():
-    return load_head_model("ict")
-
-
-@pytest.fixture(scope="module")
-def model(head):
-    return LandmarkModel(head, *load_embedding())
 
 
 def _track(head, landmarks, shots=(), settings=TrackSettings(), half=3):

@@ -10,6 +10,7 @@ FGP_TRITON_TEST_DEVICE=cuda (on a GPU machine) the same cases run compiled on CU
 
 The interpreter is slow: every case is small (12x16 px, N <= 4, a few hundred triangles).
 """
+import json
 import os
 import subprocess
 import sys
@@ -273,3 +274,166 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "compiled" in res.stdout
     print(res.stdout)   # registers and spills per kernel (-s shows them)
+
+
+# --------------------------------------------------------------------------- graph-capturable launch path
+
+_SYNCS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__", "numpy", "cpu",
+          "nonzero", "argwhere", "equal", "allclose", "masked_select", "unique", "unique_consecutive", "inv",
+          "cholesky", "solve", "is_nonzero"}
+
+
+class _HostSyncTrap(torch.overrides.TorchFunctionMode):
+    """Records every torch call that reads a tensor back to the host (a device sync on CUDA: a
+    value to Python, a data-dependent shape, a checked linalg op, a boolean-mask index) while
+    active; ``paused`` lets the kernels themselves (the interpreter reads everything) run."""
+
+    def __init__(self):
+        super().__init__()
+        self.found, self.paused = [], False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if not self.paused:
+            masks = [a for a in args[1:] + tuple(args[1] if len(args) > 1 and isinstance(args[1], tuple) else ())
+                     if isinstance(a, torch.Tensor) and a.dtype == torch.bool]
+            if name in _SYNCS or (name in ("__getitem__", "__setitem__") and masks):
+                self.found.append(name)
+        return func(*args, **kwargs)
+
+
+def _trap_glue(monkeypatch):
+    trap = _HostSyncTrap()
+    real = triton_backend._launch
+
+    def launch(*a, **k):
+        trap.paused = True
+        try:
+            return real(*a, **k)
+        finally:
+            trap.paused = False
+
+    monkeypatch.setattr(triton_backend, "_launch", launch)
+    return trap
+
+
+def test_trap_sees_host_reads():
+    trap = _HostSyncTrap()
+    x = torch.arange(4.0)
+    with trap:
+        bool((x > 1).any())
+        x[x > 1]
+        x.sum().item()
+        torch.equal(x, x)
+    assert trap.found == ["__bool__", "__getitem__", "item", "equal"]
+
+
+def test_launch_path_reads_nothing_back(monkeypatch):
+    """Everything a per-frame call runs outside the kernels themselves, after the first frame (the
+    cluster build and autotuning are first-frame work): FlowEncoder with validate=False (what
+    FlowEncoder.capture records) and the raw custom op with validate=False."""
+    vt, vs, faces, cam = _scene(7)
+    enc = ops.FlowEncoder(faces, backend="triton", n_samples=2, validate=False)
+    ref = enc(vt, vs, cam)
+    K, w2c = cam.expand(vt.shape[0])
+    near, far = torch.full((1,), 0.3, device=DEVICE), torch.full((1,), 1.2, device=DEVICE)
+    op_args = (vt, vs, faces, K, w2c, near, far, cam.height, cam.width, 2, 0.01, False, torch.float32, False)
+    op_ref = torch.ops.fgp_triton.flow_encode(*op_args)
+    trap = _trap_glue(monkeypatch)
+    with trap:
+        again = enc(vt, vs, cam)
+        op_again = torch.ops.fgp_triton.flow_encode(*op_args)
+    assert trap.found == []
+    assert torch.equal(again, ref) and torch.equal(op_again, op_ref)
+
+
+def test_launch_functions_read_nothing_back_statically():
+    """The compiled-launch code (which a CPU cannot run) and the rest of the glue call none of the
+    host-reading tensor methods."""
+    import ast
+    import inspect
+    import textwrap
+    fns = [triton_backend._run, triton_backend._rasterize, triton_backend._launch, triton_backend._launch_compiled,
+           triton_backend._device, triton_backend._cam_as, triton_backend._unchecked_camera,
+           triton_backend.TritonEncoder.encode, triton_backend.clusters.refit]
+    for fn in fns:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+                 for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        assert not calls & _SYNCS, (fn.__qualname__, calls & _SYNCS)
+
+
+def test_topology_cache_follows_in_place_edits():
+    vt, vs, faces, cam = _scene(8)
+    faces = faces.clone()
+    a = triton_backend.clusters.cached_topology(faces, vt)
+    assert triton_backend.clusters.cached_topology(faces, vt) is a            # same tensor: a hit
+    assert triton_backend.clusters.cached_topology(faces.clone(), vt) is a    # same content: reused
+    faces[[0, 1]] = faces[[1, 0]]                                              # in place: rebuilt
+    b = triton_backend.clusters.cached_topology(faces, vt)
+    assert b is not a and torch.equal(b.faces, faces)
+
+
+# --------------------------------------------------------------------------- autotune cache on disk
+
+class _FakeTuned:
+    """The autotuner's interface that _launch_compiled uses: picks the last config."""
+
+    def __init__(self, configs):
+        self.configs, self.arg_names, self.keys, self.runs = configs, ["out", "H", "W", "N"], ["H", "W", "N", "C"], 0
+
+    def __getitem__(self, grid):
+        def run(*args, **kw):
+            self.runs += 1
+            self.best_config = self.configs[-1]
+        return run
+
+
+class _FakeKernel:
+    __name__ = "fake_kernel"
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.launches.append((grid, kw))
+
+
+def test_autotune_results_are_cached_on_disk_per_shape(tmp_path, monkeypatch):
+    import triton
+    from fgp_fast.ops import triton_tuning
+    monkeypatch.setenv(triton_tuning.CACHE_ENV, str(tmp_path / "tune.json"))
+    monkeypatch.delenv("FGP_TRITON_AUTOTUNE", raising=False)
+    configs = [triton.Config({"TILE_H": 8, "TILE_W": 8, "CS": 8}, num_warps=4),
+               triton.Config({"TILE_H": 4, "TILE_W": 8, "CS": 16}, num_warps=2)]
+    out = torch.empty(1)
+
+    def launch(cache, tuned, kernel, H=512, N=20):
+        return triton_backend._launch_compiled(kernel, tuned, lambda th, tw: (H // th, N), (out, H, 512, N),
+                                               dict(C=32), cache=cache, device_tag="test-gpu sm_90")
+
+    tuned, kernel = _FakeTuned(configs), _FakeKernel()
+    first = launch(triton_tuning.TuneCache(), tuned, kernel)
+    assert tuned.runs == 1 and kernel.launches == [] and first["autotuned"] is True
+    table = json.loads((tmp_path / "tune.json").read_text())
+    (key,) = table
+    assert "fake_kernel" in key and "H=512,W=512,N=20,C=32" in key and "test-gpu sm_90" in key
+    # a new process (a fresh cache object) launches the recorded config without tuning
+    tuned2, kernel2 = _FakeTuned(configs), _FakeKernel()
+    second = launch(triton_tuning.TuneCache(), tuned2, kernel2)
+    assert tuned2.runs == 0 and second["autotuned"] == "cached"
+    (grid, kw), = kernel2.launches
+    assert grid == (512 // 4, 20) and kw["TILE_H"] == 4 and kw["CS"] == 16 and kw["num_warps"] == 2
+    # another resolution or N is tuned on its own
+    launch(triton_tuning.TuneCache(), tuned2, kernel2, N=8)
+    assert tuned2.runs == 1 and len(json.loads((tmp_path / "tune.json").read_text())) == 2
+    # a config the kernel no longer lists, or a damaged file, is ignored (and replaced)
+    stale = _FakeTuned(configs[:1])
+    launch(triton_tuning.TuneCache(), stale, _FakeKernel())
+    assert stale.runs == 1
+    (tmp_path / "tune.json").write_text("{not json")
+    tuned3 = _FakeTuned(configs)
+    with pytest.warns(RuntimeWarning, match="ignoring the Triton autotune cache"):
+        launch(triton_tuning.TuneCache(), tuned3, _FakeKernel())
+    assert tuned3.runs == 1 and len(json.loads((tmp_path / "tune.json").read_text())) == 1

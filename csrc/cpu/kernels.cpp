@@ -127,19 +127,19 @@ void flow_encode(const float* vt, const float* vs, int64_t B, int64_t V, const i
                  int64_t M, const float* tris, int N, float delta, bool uniform, int H, int W,
                  uint64_t* zbuf, void* out, int kind) {
   if (!uniform) raster_zbuf(vt, B, V, faces, F, cams, H, W, zbuf);
-  // One task per row: a thread walks the row left to right, seeding every sample's query with
-  // the left neighbour's answer for the same sample (neighbouring pixels share triangles).
+  // One task per tile (flow_kernel's warp): its background samples share shortlists.
+  const int tiles_x = (W + kTileW - 1) / kTileW, tiles_y = (H + kTileH - 1) / kTileH;
+  const int64_t tiles = static_cast<int64_t>(tiles_x) * tiles_y;
 #pragma omp parallel
   {
-    std::vector<int> left(N);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t r = 0; r < B * H; ++r) {
-      const int64_t b = r / H;
-      const int y = static_cast<int>(r % H);
+    std::vector<ListEntry> list(kListCapCpu);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t t = 0; t < B * tiles; ++t) {
+      const int64_t b = t / tiles;
+      const int ty = static_cast<int>(t % tiles / tiles_x), tx = static_cast<int>(t % tiles_x);
       const FlowPixelArgs A = flow_args(b, nodes, M, tris, vt, vs, V, faces, F, zbuf, uniform, near, far, delta,
                                         N, H, W, out, kind);
-      std::fill(left.begin(), left.end(), -1);
-      for (int x = 0; x < W; ++x) flow_pixel(A, cams[b], x, y, left.data());
+      flow_tile(A, cams[b], tx * kTileW, ty * kTileH, list.data(), kListCapCpu);
     }
   }
 }

@@ -159,9 +159,31 @@ __global__ void surface_field_kernel(const float* __restrict__ points, int64_t P
   offset[i] = fd.offset;
 }
 
-// One thread per pixel, 32 consecutive pixels of a row per warp: neighbours share triangles
-// (coherent traversal) and each sample's stores are coalesced along x. The thread walks its N
-// samples front to back, seeding each query with the previous sample's triangle.
+// The box of the warp's tile members' sample points (+-inf where none) and how many there are;
+// every lane of the warp calls it.
+__device__ int tile_sample_box(bool member, Vec3 p, Vec3& lo, Vec3& hi) {
+  lo = member ? p : Vec3{INFINITY, INFINITY, INFINITY};
+  hi = member ? p : Vec3{-INFINITY, -INFINITY, -INFINITY};
+  for (int off = 16; off > 0; off >>= 1) {
+    lo.x = fminf(lo.x, __shfl_xor_sync(0xffffffffu, lo.x, off));
+    lo.y = fminf(lo.y, __shfl_xor_sync(0xffffffffu, lo.y, off));
+    lo.z = fminf(lo.z, __shfl_xor_sync(0xffffffffu, lo.z, off));
+    hi.x = fmaxf(hi.x, __shfl_xor_sync(0xffffffffu, hi.x, off));
+    hi.y = fmaxf(hi.y, __shfl_xor_sync(0xffffffffu, hi.y, off));
+    hi.z = fmaxf(hi.z, __shfl_xor_sync(0xffffffffu, hi.z, off));
+  }
+  return __popc(__ballot_sync(0xffffffffu, member));
+}
+
+constexpr int kFlowBlockY = 8;                                  // block kTileW x 8: two warps
+constexpr int kFlowWarps = kTileW * kFlowBlockY / 32;           // each warp one kTileW x kTileH tile
+static_assert(kTileLanes == 32, "a tile is one warp");
+
+// One thread per pixel, one warp per 8x4 tile (flow_tile is the CPU form of a warp). The thread
+// walks its N samples front to back, seeding each query with the previous sample's triangle; at
+// each sample index the tile's background samples share one shortlist (bvh_shortlist, walked by
+// the whole warp in step into shared memory) when enough of them are background. Threads outside the image stay
+// in the loop (inactive) so the warp's collectives see every lane.
 __global__ void flow_kernel(const float* __restrict__ vt, const float* __restrict__ vs, int64_t V,
                             const int* __restrict__ faces, int64_t F, const float* __restrict__ K,
                             const float* __restrict__ w2c, const float* __restrict__ near,
@@ -170,15 +192,33 @@ __global__ void flow_kernel(const float* __restrict__ vt, const float* __restric
                             const uint64_t* __restrict__ zbuf, void* out, int kind) {
   const int x = blockIdx.x * blockDim.x + threadIdx.x, y = blockIdx.y * blockDim.y + threadIdx.y;
   const int64_t b = blockIdx.z;
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
   __shared__ CamParams cam_s;
-  if (threadIdx.x == 0 && threadIdx.y == 0) load_cam(K, w2c, b, cam_s);
-  __syncthreads();  // before any early return: every thread of the block reaches the barrier
-  if (x >= W || y >= H) return;
+  __shared__ ListEntry lists[kFlowWarps][kListCapCuda];
+  if (tid == 0) load_cam(K, w2c, b, cam_s);
+  __syncthreads();
+  const bool live = x < W && y < H;
   const CamParams cam = cam_s;
+  ListEntry* list = lists[tid >> 5];
   // nodes: (B, M, 2) 16-byte node halves, 8 floats per node
   const FlowPixelArgs A = flow_args(b, reinterpret_cast<const BVHNode*>(nodes), M, tris, vt, vs, V, faces, F, zbuf,
                                     uniform, near, far, delta, N, H, W, out, kind);
-  flow_pixel(A, cam, x, y, nullptr);
+  PixelRay r{};
+  int prev = -1;
+  if (live) {
+    r = pixel_setup(A, cam, x, y);
+    prev = r.face0;
+  }
+  for (int n = 0; n < N; ++n) {
+    const Vec3 pw = live ? sample_point(A, cam, r, n) : Vec3{0.f, 0.f, 0.f};
+    const bool member = live && tile_member(r, pw);
+    Vec3 lo, hi;
+    int count = -1;
+    if (tile_sample_box(member, pw, lo, hi) >= kTileMinShared)  // warp-uniform: the warp walks in step
+      count = bvh_shortlist(A.nodes, A.tris, lo, hi, list, kListCapCuda);
+    if (live) prev = flow_sample(A, cam, r, pw, n, prev, list, member ? count : -1);
+    __syncwarp();  // every lane is done with the list before the next index rewrites it
+  }
 }
 
 }  // namespace
@@ -226,7 +266,8 @@ cudaError_t flow_encode(const float* vt, const float* vs, int64_t B, int64_t V, 
     cudaError_t err = raster_zbuf(vt, B, V, faces, F, K, w2c, H, W, zbuf, stream);
     if (err != cudaSuccess) return err;
   }
-  const dim3 block(32, 4), grid((W + 31) / 32, (H + 3) / 4, static_cast<unsigned>(B));
+  const dim3 block(kTileW, kFlowBlockY), grid((W + kTileW - 1) / kTileW, (H + kFlowBlockY - 1) / kFlowBlockY,
+                                                static_cast<unsigned>(B));
   flow_kernel<<<grid, block, 0, stream>>>(vt, vs, V, faces, F, K, w2c, near, far, nodes, M, tris, N, delta, uniform,
                                           H, W, zbuf, out, kind);
   return cudaGetLastError();

@@ -142,9 +142,7 @@ static void test_bvh() {
 
 // A bumpy grid with its faces shuffled: points above vertices and far away see many exact ties
 // (a shared vertex or edge), which the tie rule must resolve to the brute-force answer.
-static void test_ties_match_brute_force() {
-  std::mt19937 rng(3);
-  std::uniform_real_distribution<float> U(-1.f, 1.f);
+static Mesh bumpy_grid(std::mt19937& rng) {
   const int n = 24;
   Mesh m;
   for (int i = 0; i <= n; ++i)
@@ -161,6 +159,13 @@ static void test_ties_match_brute_force() {
     }
   std::shuffle(tris.begin(), tris.end(), rng);
   for (auto& t : tris) m.f.insert(m.f.end(), t.begin(), t.end());
+  return m;
+}
+
+static void test_ties_match_brute_force() {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> U(-1.f, 1.f);
+  const Mesh m = bumpy_grid(rng);
   const int64_t F = m.f.size() / 3, V = m.v.size() / 3;
   std::vector<int> topo(8 * F), prim(F);
   const int M = bvh_build(m.v.data(), V, m.f.data(), F, 4, topo.data(), prim.data(), nullptr);
@@ -192,6 +197,63 @@ static void test_ties_match_brute_force() {
   CHECK(multi > 1000);  // the case really is full of ties
 }
 
+// Tile shortlists (bvh_shortlist + offer_shortlist) give every point of a tile the brute-force
+// answer: clusters of 32 points of random spread and distance over the tie-rich grid and a
+// triangle soup, with a long list and with a cap so small that most walks give up (-1). The
+// list's lower bound never exceeds a computed distance.
+static void test_shortlist_matches_brute_force() {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> U(-1.f, 1.f);
+  Mesh meshes[2] = {bumpy_grid(rng), soup(rng, 600)};
+  int mismatches = 0, walks = 0, gave_up = 0, bound_errors = 0, points = 0;
+  for (const Mesh& m : meshes) {
+    const int64_t F = m.f.size() / 3, V = m.v.size() / 3;
+    std::vector<int> topo(8 * F), prim(F);
+    const int M = bvh_build(m.v.data(), V, m.f.data(), F, 4, topo.data(), prim.data(), nullptr);
+    std::vector<BVHNode> nodes(2 * M);
+    std::vector<float> tri(F * kTriStride);
+    bvh_refit_cpu(m.v.data(), m.f.data(), topo.data(), prim.data(), F, M, nodes.data(), tri.data());
+    std::vector<ListEntry> list(kListCapCpu);
+    for (int t = 0; t < 120; ++t) {
+      const float dist = 0.02f + 0.4f * (0.5f * U(rng) + 0.5f), spread = std::pow(10.f, -3.5f + 2.f * (0.5f * U(rng) + 0.5f));
+      const int v = static_cast<int>((U(rng) * 0.5f + 0.5f) * (V - 1));
+      const Vec3 c{m.v[3 * v] + dist * U(rng), m.v[3 * v + 1] + dist * U(rng), m.v[3 * v + 2] + dist * U(rng)};
+      Vec3 p[kTileLanes];
+      Vec3 lo{INFINITY, INFINITY, INFINITY}, hi{-INFINITY, -INFINITY, -INFINITY};
+      for (auto& q : p) {
+        q = Vec3{c.x + spread * U(rng), c.y + spread * U(rng), c.z + spread * U(rng)};
+        lo = Vec3{std::fmin(lo.x, q.x), std::fmin(lo.y, q.y), std::fmin(lo.z, q.z)};
+        hi = Vec3{std::fmax(hi.x, q.x), std::fmax(hi.y, q.y), std::fmax(hi.z, q.z)};
+      }
+      const int cap = t % 3 == 0 ? 6 : kListCapCpu;
+      const int count = bvh_shortlist(nodes.data(), tri.data(), lo, hi, list.data(), cap);
+      ++walks;
+      if (count < 0) {
+        ++gave_up;
+        continue;
+      }
+      for (const Vec3& q : p) {
+        Hit h = no_hit();
+        offer_shortlist(tri.data(), list.data(), count, q, h);
+        if (hit_lost(h)) bvh_resolve_lost(nodes.data(), tri.data(), q, h);
+        const Hit b = brute(m, q);
+        mismatches += h.face != b.face || h.best2 != b.best2;
+        ++points;
+        for (int j = 0; j < count; ++j) {
+          Vec3 a, bb, cc;
+          int face;
+          load_tri(tri.data(), list[j].k, a, bb, cc, face);
+          bound_errors += list_lower2(list[j], q - list[j].m) > point_triangle_dist2(q, a, bb, cc);
+        }
+      }
+    }
+  }
+  CHECK(mismatches == 0);
+  CHECK(bound_errors == 0);
+  CHECK(points > 3000);
+  CHECK(gave_up > 0 && gave_up < walks);  // both paths ran
+}
+
 static void test_flow_kernel_writes_everything() {
   std::mt19937 rng(2);
   Mesh m = soup(rng, 300);
@@ -221,6 +283,7 @@ int main() {
   test_geometry();
   test_bvh();
   test_ties_match_brute_force();
+  test_shortlist_matches_brute_force();
   test_flow_kernel_writes_everything();
   if (failures) {
     std::printf("%d check(s) failed\n", failures);

@@ -27,6 +27,7 @@ from torch import Tensor
 from ..camera import Camera
 from ..errors import BackendUnavailableError, InputError, InputTypeError
 from . import triton_clusters as clusters
+from . import triton_tuning as tuning
 from .backends import register_backend
 from .checks import check_camera, check_flow_args, check_mesh_pair, check_out, flow_dtype
 from .flow_aux import build_aux, sample_points
@@ -157,16 +158,46 @@ def _launch(kernel, tuned, grid_of, args, const, interp_const, gpu_options=None)
         with _interpret_env():
             kernel[grid_of(interp_const["TILE_H"], interp_const["TILE_W"])](*args, **const, **interp_const)
         return None
+    return _launch_compiled(kernel, tuned, grid_of, args, const, gpu_options)
+
+
+def _device(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _device_tag(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} sm_{major}{minor}"
+
+
+def _launch_compiled(kernel, tuned, grid_of, args, const, gpu_options=None, cache=None, device_tag=None):
+    """A compiled launch: the config on file for this autotune key (triton_tuning), else the
+    autotuner (whose winner is recorded), or one fixed config with FGP_TRITON_AUTOTUNE=0. Python
+    only: nothing here reads the device (the launch path stays graph-capturable)."""
+    device, opts = args[0].device, gpu_options or {}
+
+    def direct(cfg, how):
+        with _device(device):
+            kernel[grid_of(cfg.kwargs["TILE_H"], cfg.kwargs["TILE_W"])](
+                *args, **const, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **opts)
+        return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages, autotuned=how)
+
     if os.environ.get("FGP_TRITON_AUTOTUNE", "1") == "0":   # one fixed config (quick GPU tests)
-        fixed = tuned.configs[0] if len(tuned.configs) == 1 else _default_config(tuned, const)
-        with torch.cuda.device(args[0].device):
-            kernel[grid_of(fixed.kwargs["TILE_H"], fixed.kwargs["TILE_W"])](
-                *args, **const, **fixed.kwargs, num_warps=fixed.num_warps, **(gpu_options or {}))
-        return dict(fixed.kwargs, num_warps=fixed.num_warps, autotuned=False)
-    with torch.cuda.device(args[0].device):
-        tuned[lambda meta: grid_of(meta["TILE_H"], meta["TILE_W"])](*args, **const, **(gpu_options or {}))
+        return direct(tuned.configs[0] if len(tuned.configs) == 1 else _default_config(tuned, const), False)
+    cache = cache or tuning.CACHE
+    named = dict(zip(tuned.arg_names, args), **const)
+    key = cache.key(getattr(kernel, "__name__", type(kernel).__name__), device_tag or _device_tag(device),
+                    RUNTIME.triton.__version__ if RUNTIME.triton else "?", {k: named[k] for k in tuned.keys})
+    known = cache.lookup(key, tuned.configs)
+    if known is not None:
+        return direct(known, "cached")
+    with _device(device):
+        tuned[lambda meta: grid_of(meta["TILE_H"], meta["TILE_W"])](*args, **const, **opts)
     best = tuned.best_config
-    cfg = dict(best.kwargs, num_warps=best.num_warps, num_stages=best.num_stages)
+    cache.store(key, best)
+    cfg = dict(best.kwargs, num_warps=best.num_warps, num_stages=best.num_stages, autotuned=True)
     timings = getattr(tuned, "configs_timings", None)
     if timings:
         cfg["tuning_ms"] = {str(c): float(t[0] if isinstance(t, (list, tuple)) else t) for c, t in timings.items()}

@@ -73,15 +73,23 @@ class _TopologyCache:
         self._table: "OrderedDict[tuple, tuple[Tensor, ClusterTopology]]" = OrderedDict()
 
     def get(self, faces: Tensor, verts: Tensor, size: int) -> ClusterTopology:
-        key = (faces.device, faces.data_ptr(), tuple(faces.shape), faces.dtype, faces._version, size)
+        # The entry holds the caller's tensor itself, so its storage (data_ptr) cannot be reused by
+        # another tensor while cached, and any in-place change bumps _version: a key hit is the
+        # same content without reading it (no device sync: the per-call path can be graph
+        # captured). A miss compares contents (a new tensor of known faces) before building.
+        key = (faces.device, faces.data_ptr(), tuple(faces.shape), tuple(faces.stride()), faces.dtype,
+               faces._version, size)
         with self._lock:
             hit = self._table.get(key)
-            if hit is not None and torch.equal(hit[0], faces):
+            if hit is not None:
                 self._table.move_to_end(key)
                 return hit[1]
-            copy = faces.detach().clone()
-            topo = build(copy, verts[0] if verts.dim() == 3 else verts, size)
-            self._table[key] = (copy, topo)
+            topo = next((t for k, (f, t) in self._table.items() if k[-1] == size and f._version == k[5]
+                         and f.device == faces.device and f.shape == faces.shape and f.dtype == faces.dtype
+                         and torch.equal(f, faces)), None)   # (an entry changed in place since: stale)
+            if topo is None:
+                topo = build(faces.detach().clone(), verts[0] if verts.dim() == 3 else verts, size)
+            self._table[key] = (faces.detach(), topo)
             while len(self._table) > self.size:
                 self._table.popitem(last=False)
             return topo
