@@ -8,10 +8,11 @@ backgrounds), so that a few hundred steps can learn it; the benchmark itself run
 texture and background variety. The untrained model is scored too: it must lose to the floor,
 or the comparison would prove nothing.
 
-Opt-in (``FGP_ABLATION_STEPS=150 python -m pytest tests/test_ablation.py``) until it has been
-shown to pass at a CI budget: the runs meant to show that (2026-12-03) could not finish on the
-shared machine (load average 14-17 on 2 vCPUs), and at the full benchmark's data the flow model
-was still below the copy floor after 200 steps (17.21 vs 21.18 dB, 16 training clips, 8 pairs).
+Opt-in (``FGP_ABLATION_STEPS=300 python -m pytest tests/test_ablation.py``) until it has been
+shown to pass at a CI budget. Measured 2026-12-03: at 150 steps it fails (held-out PSNR: copy
+17.62 dB, untrained 10.43, flow 16.56; 16 min on the shared 2 vCPUs at load 7 -> 1); at the full
+benchmark's data the flow model was below the copy floor after 200 steps too (17.21 vs 21.18 dB,
+16 training clips, 8 pairs).
 """
 from __future__ import annotations
 
