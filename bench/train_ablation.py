@@ -39,10 +39,12 @@ def _data(args) -> tuple[Path, Path]:
 
     train, held = args.out / "data_train", args.out / "data_heldout"
     head = load_head_model("ict")
-    for folder, spec, seed in ((train, SyntheticSpec(clips=args.clips, frames=args.frames, seed=0), 0),
-                               (held, SyntheticSpec(clips=args.heldout_clips, frames=4, seed=1000), 1)):
+    look = dict(kinds=tuple(args.kinds), background_pattern=args.background_pattern)
+    for folder, spec, seed in ((train, SyntheticSpec(clips=args.clips, frames=args.frames, seed=0, **look), 0),
+                               (held, SyntheticSpec(clips=args.heldout_clips, frames=4, seed=1000, **look), 1)):
         manifest = folder / "manifest.json"
-        if manifest.is_file() and json.loads(manifest.read_text()).get("synthetic") == spec.__dict__:
+        wanted = json.loads(json.dumps(spec.__dict__))  # as the manifest stores it (tuples are lists)
+        if manifest.is_file() and json.loads(manifest.read_text()).get("synthetic") == wanted:
             continue
         t0 = time.perf_counter()
         render_synthetic(folder, spec, TextureBank(head, seed=seed))
@@ -175,6 +177,10 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--val-every", type=int, default=0, help="validation interval (default: at the end only)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kinds", nargs="+", default=["face", "photo", "procedural"],
+                   help="texture families of the synthetic clips (fgp_fast.data.synthetic.TEXTURE_KINDS)")
+    p.add_argument("--background-pattern", type=float, default=0.4,
+                   help="weight of the backgrounds' procedural pattern over their flat colour (0: flat)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--sequential", action="store_true", help="train one variant after another")
     p.add_argument("--sheet-rows", type=int, default=8)

@@ -2,6 +2,7 @@
 sequences, held to the same error bounds as the batch fit, and its segment detection (cuts, jumps,
 identity switches)."""
 import numpy as np
+import pytest
 import torch
 
 from fgp_fast.fitting import FitSettings
@@ -131,3 +132,34 @@ def test_scene_change_on_thumbnails():
     assert not scene_change(thumbnail(a), thumbnail(b))
     assert scene_change(thumbnail(a), thumbnail(c))
     assert not scene_change(None, thumbnail(a))
+
+
+def test_track_landmarks_is_the_offline_tracker_up_to_a_new_person(head, model):
+    """fitting.track_landmarks (what fgp prepare fits with): the FrameTracker + WindowSmoother
+    frames as one FitResult, frames without a face filled, cut where another person starts."""
+    from fgp_fast.fitting import track_landmarks
+
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 20)))
+    a, b = torch.randn(1, 50, generator=g) * 1.2, torch.randn(1, 50, generator=g) * 1.2
+    if identity_distance(model, a.numpy()[0], b.numpy()[0]) < 2 * TrackSettings().identity_change:
+        b = -a  # two random identities that happen to look alike: take a clearly different one
+    pa = _still_sequence(head, a, 12, 0.0)
+    frames = list(_project(model, pa, 0)) + list(_project(model, _still_sequence(head, a, 12, 0.12), 1)) + \
+        list(_project(model, _still_sequence(head, b, 12, 0.0), 2))
+    frames[5] = frames[6] = None
+    tracked = np.array([f is not None for f in frames])
+    obs = np.stack([np.zeros((478, 2), np.float32) if f is None else f.astype(np.float32) for f in frames])
+    shots = np.zeros(len(frames), bool)
+    fit, stop = track_landmarks(obs, tracked, SIZE, SIZE, head, FitSettings(focal=FOCAL), smoothing=3, shots=shots)
+    assert stop == 24 and len(fit) == 24
+    assert fit.tracked.tolist() == tracked[:24].tolist()
+    assert np.isfinite(fit.rotation).all() and np.isnan(fit.error_px[[5, 6]]).all()
+    assert np.isfinite(fit.error_px[tracked[:24]]).all()
+    out = _track(head, frames, settings=TrackSettings())
+    keep = np.flatnonzero(tracked[:24])
+    assert np.array_equal(fit.rotation[keep], np.stack([out[i].rotation for i in keep]))
+    assert np.allclose(fit.shape, out[0].shape) and fit.focal == pytest.approx(FOCAL)
+    assert float(_angle_deg(fit.rotation[:5], pa.pose[:5, 3:6]).max()) < 1.5
+    # the frames without a face are filled between their neighbours (fill_gaps)
+    lo, hi = np.minimum(fit.rotation[4], fit.rotation[7]), np.maximum(fit.rotation[4], fit.rotation[7])
+    assert ((fit.rotation[5:7] >= lo - 1e-6) & (fit.rotation[5:7] <= hi + 1e-6)).all()

@@ -24,6 +24,7 @@ pytest.importorskip("accelerate")
 pytest.importorskip("mediapipe")
 
 from fgp_fast.data import ClipDataset, DataError
+from fgp_fast.data.frames import FrameFile
 from fgp_fast.training import load_config, train
 from fgp_fast.training.trainer import build_pipeline
 
@@ -185,6 +186,7 @@ def test_prepare_clip_names_never_collide(videos, tmp_path, capsys):
     (["--size", "12"], "--size must be a positive multiple of 8"),
     (["--margin", "0"], "--margin must be in [1, 10]"),
     (["--fit-steps", "0"], "--fit-steps must be an integer >= 1"),
+    (["--smoothing", "-1"], "--smoothing must be an integer in [0, 30]"),
 ])
 def test_prepare_refuses_bad_arguments(videos, tmp_path, capsys, argv, needle):
     out = tmp_path / "data"
@@ -521,10 +523,10 @@ def test_loader_workers_same_batches(data, tmp_path):
               log=lambda s: None)
     assert np.allclose(a["losses"], b["losses"], rtol=1e-5, atol=1e-7)
     ds = ClipDataset(data)
-    assert all(isinstance(m, np.memmap) for m in ds.images)  # frames are memory-mapped, never loaded whole
+    assert all(isinstance(m, FrameFile) for m in ds.images)  # frames are memory-mapped, never loaded whole
     import pickle
 
     copy = pickle.loads(pickle.dumps(ds))  # a spawned worker's copy reopens the maps
-    assert all(isinstance(m, np.memmap) for m in copy.images)
+    assert all(isinstance(m, FrameFile) for m in copy.images)
     for k, v in ds.batch([3, 4]).items():
         assert torch.equal(v, copy.batch([3, 4])[k])

@@ -18,7 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--min-frames", type=int, default=8, help="skip clips shorter than this")
     p.add_argument("--max-frames", type=int, default=0, help="keep at most this many frames per clip (0: all)")
     p.add_argument("--margin", type=float, default=1.8, help="crop side / face landmark extent")
-    p.add_argument("--fit-steps", type=int, default=None, help="fitter iterations (default: the fitter's)")
+    p.add_argument("--fit-steps", type=int, default=None, help="identity-fit iterations (default: the fitter's)")
+    p.add_argument("--smoothing", type=int, default=3,
+                   help="half-width in frames of the tracker's smoothing window (0: none)")
     p.add_argument("--workers", type=int, default=1,
                    help="clips prepared at once: local processes, or the CPUs of a local Ray instance")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
 
     settings = PrepareSettings(size=args.size, min_frames=args.min_frames, max_frames=args.max_frames,
-                               margin=args.margin, fit_steps=args.fit_steps)
+                               margin=args.margin, fit_steps=args.fit_steps,
+                               smoothing=args.smoothing)
     try:
         settings.check()
     except InputError as exc:  # name the flag, not the field

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from .frames import FrameFile
 
 __all__ = ["ClipDataset", "DataError"]
 
@@ -24,10 +25,10 @@ class ClipDataset:
     verts_tgt (F, V, 3), and its clip's camera: K (3, 3), world_to_cam (4, 4) (focals differ per
     clip); ``batch(indices)`` stacks samples; ``flow(batch, n_samples)``.
 
-    Frames stay on disk: each clip's ``frames.npy`` is memory-mapped (read-only) and a sample
-    reads only its own frames, so no clip is ever loaded whole and the page cache is shared by
-    every loader worker. Pickling (a spawned DataLoader worker) carries the paths and reopens the
-    maps; only the small per-clip parameters travel.
+    Frames stay on disk: each clip's ``frames.npy`` is memory-mapped (:class:`~.frames.FrameFile`,
+    no read-around) and a sample reads only its own frames, so no clip is ever loaded whole and
+    the page cache is shared by every loader worker. Pickling (a spawned DataLoader worker)
+    carries the paths and reopens the maps; only the small per-clip parameters travel.
     """
 
     def __init__(self, root: str | Path, frames: int = 1, seed: int = 0, head: str = "ict"):
@@ -51,13 +52,9 @@ class ClipDataset:
                 continue
             try:
                 fit = FitResult.load(folder / "params.npz")
-                images = np.load(folder / "frames.npy", mmap_mode="r")
-            except (OSError, ValueError, KeyError) as exc:
+                images = FrameFile(folder / "frames.npy")
+            except (OSError, ValueError, KeyError) as exc:  # DataError is a ValueError
                 problems.append(f"{clip['name']}: unreadable ({exc})")
-                continue
-            if images.dtype != np.uint8 or images.ndim != 4:
-                problems.append(f"{clip['name']}: frames.npy is {images.dtype} {images.shape}, expected (T, S, S, 3) "
-                                f"uint8")
                 continue
             if len(fit) != len(images) or images.shape[1:] != (self.size, self.size, 3):
                 problems.append(f"{clip['name']}: {len(images)} frames of {images.shape[1:]} but {len(fit)} "
@@ -78,15 +75,6 @@ class ClipDataset:
 
     def __len__(self) -> int:
         return sum(len(x) for x in self.images)
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["images"] = [Path(m.filename) for m in self.images]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        state["images"] = [np.load(p, mmap_mode="r") for p in state["images"]]
-        self.__dict__.update(state)
 
     def sample(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, int(index)])
@@ -112,7 +100,7 @@ class ClipDataset:
         fit = self.fits[c]
         with torch.no_grad():
             verts = self.head(fit.head_params(self.head, [src] + tgt))
-        image = torch.from_numpy(np.ascontiguousarray(self.images[c][[src] + tgt])).permute(0, 3, 1, 2).float() / 255
+        image = torch.from_numpy(self.images[c].read([src] + tgt)).permute(0, 3, 1, 2).float() / 255
         camera = self.cameras[c]
         return {"source": image[0], "target": image[1:], "verts_src": verts[0], "verts_tgt": verts[1:],
                 "K": camera.K, "world_to_cam": camera.world_to_cam, "clip": c, "frames": [src] + tgt}

@@ -33,8 +33,9 @@ class PrepareSettings:
     min_frames: int = 8           # shorter clips are skipped
     max_frames: int = 0           # keep at most this many frames per clip (0: all)
     margin: float = 1.8           # crop side / the face's landmark extent over the clip
-    fit_steps: int | None = None  # fitter iterations (None: the fitter's default)
+    fit_steps: int | None = None  # identity-fit iterations (None: the fitter's default)
     min_tracked: float = 0.5      # fraction of frames that must have a face
+    smoothing: int = 3            # half-width in frames of the tracker's smoothing window (0: none)
 
     def check(self) -> None:
         if not isinstance(self.size, int) or self.size < 8 or self.size % 8:
@@ -50,6 +51,8 @@ class PrepareSettings:
             raise InputError(f"margin must be in [1, 10], got {self.margin}")
         if self.fit_steps is not None and (not isinstance(self.fit_steps, int) or self.fit_steps < 1):
             raise InputError(f"fit_steps must be an integer >= 1, got {self.fit_steps}")
+        if isinstance(self.smoothing, bool) or not isinstance(self.smoothing, int) or not 0 <= self.smoothing <= 30:
+            raise InputError(f"smoothing must be an integer in [0, 30] (frames), got {self.smoothing}")
         if not 0.0 < self.min_tracked <= 1.0:
             raise InputError(f"min_tracked must be in (0, 1], got {self.min_tracked}")
 
@@ -97,10 +100,13 @@ def finished_clip(folder: Path, size: int) -> dict | None:
 def prepare_clip(video: str | os.PathLike, out_dir: str | os.PathLike, settings: PrepareSettings) -> dict:
     """One video -> the finished clip folder ``out_dir`` (written atomically) -> its clip.json entry.
 
-    Raises InputError (or OSError) with the reason when the video is unusable: unreadable, too
-    short, or without a face in enough frames.
+    The head is followed by the offline path's tracker (``fitting.track_landmarks``: identity
+    fitted once, warm-started frames, windowed smoothing, cuts found by ``scene_change``); a clip
+    that turns into another person is kept up to that frame. Raises InputError (or OSError) with
+    the reason when the video is unusable: unreadable, too short, or without a face in enough frames.
     """
-    from ..fitting import detect_landmarks, fit_landmarks
+    from ..fitting import detect_landmarks, track_landmarks
+    from ..fitting.tracker import scene_change, thumbnail
     from ..landmarks import face_box
     from ..media import atomic_write, read_video, resize
 
@@ -117,9 +123,20 @@ def prepare_clip(video: str | os.PathLike, out_dir: str | os.PathLike, settings:
     size = settings.size
     crops = np.stack([resize(f[y0:y0 + side, x0:x0 + side], size, size) for f in frames])
     obs_crop = ((obs - np.float32([x0, y0])) * (size / side)).astype(np.float32)
-    fit = fit_landmarks(obs_crop, tracked, size, size, settings=settings.fit_settings())
-    info = {"video": str(video), "box": [x0, y0, side], "size": size, "frames": len(frames), "fps": fps,
+    thumbs = [thumbnail(f) for f in crops]
+    shots = np.array([i > 0 and scene_change(thumbs[i - 1], thumbs[i]) for i in range(len(crops))])
+    fit, stop = track_landmarks(obs_crop, tracked, size, size, settings=settings.fit_settings(),
+                                smoothing=settings.smoothing, shots=shots)
+    if stop < len(frames):
+        if stop < settings.min_frames:
+            raise InputError(f"another person from frame {stop}: {stop} frames of the first < {settings.min_frames}")
+        crops, tracked = crops[:stop], tracked[:stop]
+    if tracked.mean() < settings.min_tracked:
+        raise InputError(f"face found in only {tracked.sum()} of {len(crops)} frames")
+    info = {"video": str(video), "box": [x0, y0, side], "size": size, "frames": len(crops), "fps": fps,
             "tracked": int(tracked.sum())}
+    if stop < len(frames):
+        info["cut_at"] = stop  # the frames after are another person's
     with atomic_write(out_dir, directory=True) as tmp:
         np.save(tmp / "frames.npy", crops)
         fit.save(tmp / "params.npz")

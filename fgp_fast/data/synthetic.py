@@ -31,7 +31,8 @@ import torch.nn.functional as Fnn
 
 from ..errors import InputError
 
-__all__ = ["EXPRESSIONS", "PHOTOS", "TEXTURE_KINDS", "SyntheticSpec", "TextureBank", "render_synthetic"]
+__all__ = ["EXPRESSIONS", "PHOTOS", "TEXTURE_KINDS", "SyntheticSpec", "TextureBank", "random_dataset",
+           "render_synthetic"]
 
 TEXTURE_KINDS = ("face", "photo", "procedural")
 PHOTOS = ("chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -54,6 +55,7 @@ class SyntheticSpec:
     expression: float = 0.7             # an active channel's weight is uniform in [0, expression]
     shape_std: float = 0.8
     kinds: tuple[str, ...] = TEXTURE_KINDS
+    background_pattern: float = 0.4     # weight of the procedural pattern over the flat colour (0: flat)
 
     def check(self) -> None:
         for name in ("clips", "frames", "size"):
@@ -64,6 +66,8 @@ class SyntheticSpec:
             raise InputError(f"frames must be >= 2 (a source and a driver), got {self.frames}")
         if self.size % 8:
             raise InputError(f"size must be a multiple of 8, got {self.size}")
+        if not 0.0 <= self.background_pattern <= 1.0:
+            raise InputError(f"background_pattern must be in [0, 1], got {self.background_pattern}")
         unknown = sorted(set(self.kinds) - set(TEXTURE_KINDS))
         if unknown or not self.kinds:
             raise InputError(f"kinds must be a non-empty subset of {TEXTURE_KINDS}, got {self.kinds}")
@@ -141,15 +145,16 @@ def _blend(base: torch.Tensor, other: torch.Tensor, rng: np.random.Generator) ->
     return (1 - alpha) * base + alpha * other
 
 
-def _background(rng: np.random.Generator, size: int) -> torch.Tensor:
-    """A static (3, size, size) background: a random colour with soft procedural structure."""
+def _background(rng: np.random.Generator, size: int, weight: float = 0.4) -> torch.Tensor:
+    """A static (3, size, size) background: a random colour with soft procedural structure (its
+    weight ``weight``)."""
     colour = torch.from_numpy(rng.uniform(0.1, 0.9, 3)).float().view(3, 1, 1)
     from ..render import procedural_texture
 
     # a few cycles per frame at most: copying it needs the layout, not pixel-exact detail
     pattern = procedural_texture(16, seed=int(rng.integers(1 << 30)), octaves=4, detail=0.0)
     pattern = Fnn.interpolate(pattern[None], size=(size, size), mode="bicubic", align_corners=False)[0]
-    return (0.6 * colour + 0.4 * pattern).clamp(0, 1)
+    return ((1 - weight) * colour + weight * pattern).clamp(0, 1)
 
 
 def _frame_params(head, spec: SyntheticSpec, rng: np.random.Generator, T: int, shape: np.ndarray):
@@ -207,7 +212,7 @@ def render_synthetic(out: str | Path, spec: SyntheticSpec | None = None, texture
         with torch.no_grad():
             verts = head(fit.head_params(head))
             camera = camera_for(focal * RENDER_SCALE, R, R)
-            background = _background(rng, R)
+            background = _background(rng, R, spec.background_pattern)
             image, _ = render_textured(verts, head.faces, textures.faces_uv, textures.uv, texture, camera,
                                        background=background)
             image = Fnn.avg_pool2d(image, RENDER_SCALE)
@@ -225,4 +230,31 @@ def render_synthetic(out: str | Path, spec: SyntheticSpec | None = None, texture
     with atomic_write(out / "manifest.json") as tmp:
         tmp.write_text(json.dumps({"version": 1, "size": S, "clips": clips, "skipped": [],
                                    "synthetic": {k: v for k, v in spec.__dict__.items()}}, indent=2))
+    return out
+
+
+def random_dataset(out: str | Path, clips: int, frames: int, size: int, seed: int = 0) -> Path:
+    """A dataset directory (layout of ``fgp_fast.data``) of random-pixel frames with plausible
+    head parameters (a random identity, expressions, a head turned up to ~11 degrees at 0.8 m),
+    for what does not look at the pictures: loader tests and throughput benchmarks. Returns ``out``."""
+    from ..fitting import FitResult
+    from ..heads import load_head_model
+
+    head = load_head_model("ict")
+    out, rng = Path(out), np.random.default_rng(seed)
+    entries = []
+    for c in range(clips):
+        name = f"random{seed}_{c:05d}"
+        folder = out / "clips" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "frames.npy", rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8))
+        FitResult(shape=rng.normal(0, 0.5, head.n_shape).astype(np.float32),
+                  expression=rng.uniform(0, 0.3, (frames, head.n_expression)).astype(np.float32),
+                  rotation=rng.uniform(-0.2, 0.2, (frames, 3)).astype(np.float32),
+                  translation=np.tile(np.float32([0, 0, -0.8]), (frames, 1)), focal=size * 1.5, height=size,
+                  width=size, tracked=np.ones(frames, bool), error_px=np.zeros(frames, np.float32)
+                  ).save(folder / "params.npz")
+        entries.append({"name": name, "frames": frames, "fps": 25.0, "video": f"random:{seed}:{c}"})
+    (out / "manifest.json").write_text(json.dumps({"version": 1, "size": size, "clips": entries, "skipped": []},
+                                                  indent=2))
     return out

@@ -1,9 +1,10 @@
 """Tracking a frame sequence: MediaPipe landmarks per frame -> the fitted head sequence, gaps filled.
 
-One path for every offline user (``fgp animate`` and ``fgp eval`` drivers, ``fgp prepare`` clips):
-landmarks in video mode (steadier than per image), one identity for the clip, warm-started
-chunks, and frames without a face filled from their neighbours (``FitResult.tracked`` keeps
-which frames had one).
+Landmarks in video mode (steadier than per image), one identity for the clip, and frames
+without a face filled from their neighbours (``FitResult.tracked`` keeps which frames had one).
+Two fitters: :func:`fit_landmarks` (the batch fitter, ~120 ms a frame: ``fgp eval``) and
+:func:`track_landmarks` (the warm-started ``FrameTracker`` with ``WindowSmoother``, what
+``fgp animate`` tracks drivers with, a few ms a frame: ``fgp prepare``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from .fit import FitSettings, fit_sequence
 from .gaps import fill_gaps
 from .result import FitResult
 
-__all__ = ["detect_landmarks", "fit_landmarks", "track_file", "track_frames"]
+__all__ = ["detect_landmarks", "fit_landmarks", "track_file", "track_frames", "track_landmarks"]
 
 
 def detect_landmarks(frames, face_index: int = 0, progress: Progress | None = None,
@@ -48,6 +49,47 @@ def fit_landmarks(landmarks: np.ndarray, tracked: np.ndarray, height: int, width
     fit = fit_sequence(head, landmarks, height, width, tracked, settings or FitSettings(),
                        progress=stage(progress, "fitting"))
     return fill_gaps(fit)[0] if not fit.tracked.all() else fit
+
+
+def track_landmarks(landmarks: np.ndarray, tracked: np.ndarray, height: int, width: int, head=None,
+                    settings: FitSettings | None = None, smoothing: int = 3, shots: np.ndarray | None = None,
+                    track_settings=None) -> tuple[FitResult, int]:
+    """Follow (T, L, 2) pixel landmarks of (height, width) frames with the offline path's tracker:
+    ``FrameTracker`` (identity fitted jointly on a segment's first frames with ``settings``, then
+    a few warm-started LM steps a frame) and ``WindowSmoother`` (half-width ``smoothing``).
+    ``shots``: (T,) True where a cut starts (the pose is re-guessed there).
+
+    -> (fit, stop): a FitResult holds one identity, so it covers frames ``[0, stop)``, up to the
+    first frame the tracker found to be another person (``stop == T`` when there is none).
+    Frames without a face are filled from their neighbours. NoFaceError when no frame has a face.
+    """
+    from ..heads import load_head_model
+    from .tracker import FrameTracker, TrackSettings, WindowSmoother
+
+    landmarks, tracked = np.asarray(landmarks, np.float32), np.asarray(tracked, bool)
+    if not tracked.any():
+        raise NoFaceError("no face found in any frame")
+    head = head if head is not None else load_head_model("ict")
+    tracker = FrameTracker(head, height, width, track_settings or TrackSettings(), settings or FitSettings())
+    smoother = WindowSmoother(smoothing)
+    out = []
+    for i in range(len(landmarks)):
+        for t in tracker.push(i, landmarks[i] if tracked[i] else None, bool(shots[i]) if shots is not None else False):
+            out += smoother.push(t)
+    for t in tracker.flush():
+        out += smoother.push(t)
+    out += smoother.flush()
+    first = next(t for t in out if t.tracked)
+    stop = next((t.index for t in out if t.tracked and t.identity != first.identity), len(out))
+    out = out[:stop]
+    fit = FitResult(shape=np.asarray(first.shape, np.float32),
+                    expression=np.stack([t.expression for t in out]).astype(np.float32),
+                    rotation=np.stack([t.rotation for t in out]).astype(np.float32),
+                    translation=np.stack([t.translation for t in out]).astype(np.float32),
+                    focal=float(first.focal), height=height, width=width,
+                    tracked=np.array([t.tracked for t in out]),
+                    error_px=np.array([t.error_px if t.tracked else np.nan for t in out], np.float32))
+    return (fill_gaps(fit)[0] if not fit.tracked.all() else fit), stop
 
 
 def track_frames(frames, face_index: int = 0, head=None, settings: FitSettings | None = None,
