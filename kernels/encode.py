@@ -170,18 +170,25 @@ def _slice_d2(px, py, pz, ctri_ptr, cface_ptr, tbase, c, k, C: tl.constexpr, CS:
 
 
 @triton.jit
-def _box_lower(cmeta_ptr, mbase, c, px, py, pz):
-    """Squared distance from each sample to cluster c's box (a lower bound of its triangles')."""
+def _box_gap2(cmeta_ptr, mbase, c, x0, y0, z0, x1, y1, z1):
+    """Squared distance from cluster c's box to the box [x0, x1] x [y0, y1] x [z0, z1] (a sample
+    when x0 == x1 ...): a lower bound of its triangles' distances to anything in that box."""
     lox = tl.load(cmeta_ptr + mbase + c * 9 + 0)
     loy = tl.load(cmeta_ptr + mbase + c * 9 + 1)
     loz = tl.load(cmeta_ptr + mbase + c * 9 + 2)
     hix = tl.load(cmeta_ptr + mbase + c * 9 + 3)
     hiy = tl.load(cmeta_ptr + mbase + c * 9 + 4)
     hiz = tl.load(cmeta_ptr + mbase + c * 9 + 5)
-    gx = tl.maximum(lox - px, 0.0) + tl.maximum(px - hix, 0.0)
-    gy = tl.maximum(loy - py, 0.0) + tl.maximum(py - hiy, 0.0)
-    gz = tl.maximum(loz - pz, 0.0) + tl.maximum(pz - hiz, 0.0)
+    gx = tl.maximum(lox - x1, 0.0) + tl.maximum(x0 - hix, 0.0)
+    gy = tl.maximum(loy - y1, 0.0) + tl.maximum(y0 - hiy, 0.0)
+    gz = tl.maximum(loz - z1, 0.0) + tl.maximum(z0 - hiz, 0.0)
     return gx * gx + gy * gy + gz * gz
+
+
+@triton.jit
+def _box_lower(cmeta_ptr, mbase, c, px, py, pz):
+    """Squared distance from each sample to cluster c's box (a lower bound of its triangles')."""
+    return _box_gap2(cmeta_ptr, mbase, c, px, py, pz, px, py, pz)
 
 
 @triton.jit
@@ -331,17 +338,8 @@ def flow_encode_kernel(
         gz = tl.maximum(blo_z - tz1, 0.0) + tl.maximum(tz0 - bhi_z, 0.0)
         if _count(ok & (gx * gx + gy * gy + gz * gz <= tile_bound)) > 0:
             for c in range(c0, tl.minimum(c0 + CB, NC)):
-                lox = tl.load(cmeta_ptr + mbase + c * 9 + 0)
-                loy = tl.load(cmeta_ptr + mbase + c * 9 + 1)
-                loz = tl.load(cmeta_ptr + mbase + c * 9 + 2)
-                hix = tl.load(cmeta_ptr + mbase + c * 9 + 3)
-                hiy = tl.load(cmeta_ptr + mbase + c * 9 + 4)
-                hiz = tl.load(cmeta_ptr + mbase + c * 9 + 5)
-                bx_ = tl.maximum(lox - tx1, 0.0) + tl.maximum(tx0 - hix, 0.0)
-                by_ = tl.maximum(loy - ty1, 0.0) + tl.maximum(ty0 - hiy, 0.0)
-                bz_ = tl.maximum(loz - tz1, 0.0) + tl.maximum(tz0 - hiz, 0.0)
                 n_need = 0
-                if bx_ * bx_ + by_ * by_ + bz_ * bz_ <= tile_bound:
+                if _box_gap2(cmeta_ptr, mbase, c, tx0, ty0, tz0, tx1, ty1, tz1) <= tile_bound:
                     n_need = _count(valid & (_box_lower(cmeta_ptr, mbase, c, px, py, pz) <= cull))
                 if n_need > 0:
                     for k in tl.static_range(0, C, CS):     # CS-wide slices keep the dense tile in registers

@@ -82,15 +82,20 @@ def test_focal_is_fitted_when_not_given(head, model):
     assert _angle_deg(fit.rotation, p.pose[:, 3:6])[0] < 2.0
 
 
-def test_synthetic_video_tracks_without_jitter(head, model):
-    T = 40
+def synthetic_video(head, T: int = 40):
+    """A head turning (yaw 20, pitch 8 degrees), rolling, drifting and opening its jaw over T frames."""
     t = torch.linspace(0, 1, T)
     yaw, pitch, roll = 20 * torch.sin(2 * torch.pi * t), 8 * torch.sin(4 * torch.pi * t), 3 * t
     expr = torch.zeros(T, 53)
     expr[:, head.expression_names.index("jawOpen")] = 0.6 * torch.sin(torch.pi * t) ** 2
     trans = torch.stack([0.02 * t, torch.zeros(T), -0.8 - 0.05 * t], 1)
     shape = (torch.randn(1, 50, generator=torch.Generator().manual_seed(1)) * 0.5).expand(T, -1)
-    p = _params(head, yaw, pitch, roll, expr, trans, shape.contiguous())
+    return _params(head, yaw, pitch, roll, expr, trans, shape.contiguous()), yaw, pitch, roll, expr
+
+
+def test_synthetic_video_tracks_without_jitter(head, model):
+    T = 40
+    p, yaw, pitch, roll, expr = synthetic_video(head, T)
     uv, _ = camera_for(FOCAL, SIZE, SIZE).project(model.points(p))
     noisy = uv.numpy() + np.random.default_rng(1).normal(0, NOISE, uv.shape)
 

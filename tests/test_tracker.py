@@ -9,7 +9,7 @@ from fgp_fast.fitting import FitSettings
 from fgp_fast.fitting.result import camera_for
 from fgp_fast.fitting.tracker import FrameTracker, TrackSettings, WindowSmoother, identity_distance, scene_change, thumbnail
 from fgp_fast.heads import axis_angle_to_euler
-from test_fitting import FOCAL, NOISE, SIZE, _angle_deg, _params
+from test_fitting import FOCAL, NOISE, SIZE, _angle_deg, _params, synthetic_video
 
 
 def _track(head, landmarks, shots=(), settings=TrackSettings(), half=3):
@@ -34,13 +34,7 @@ def test_tracker_matches_the_batch_fits_bounds_on_the_synthetic_video(head, mode
     within 1 degree on every frame, jitter under 0.25 degrees, jaw error under 0.1 (and the
     stills' expression bound, 0.05 mean over the channels)."""
     T = 40
-    t = torch.linspace(0, 1, T)
-    yaw, pitch, roll = 20 * torch.sin(2 * torch.pi * t), 8 * torch.sin(4 * torch.pi * t), 3 * t
-    expr = torch.zeros(T, 53)
-    expr[:, head.expression_names.index("jawOpen")] = 0.6 * torch.sin(torch.pi * t) ** 2
-    trans = torch.stack([0.02 * t, torch.zeros(T), -0.8 - 0.05 * t], 1)
-    shape = (torch.randn(1, 50, generator=torch.Generator().manual_seed(1)) * 0.5).expand(T, -1)
-    p = _params(head, yaw, pitch, roll, expr, trans, shape.contiguous())
+    p, yaw, pitch, roll, expr = synthetic_video(head, T)
     out = _track(head, _project(model, p, 1))
     assert [f.index for f in out] == list(range(T)) and all(f.tracked for f in out)
     rot = np.stack([f.rotation for f in out])
