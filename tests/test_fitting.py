@@ -112,16 +112,21 @@ def test_synthetic_video_tracks_without_jitter(head, model):
     assert fit.tracked.all() and len(fit) == T
 
 
-def test_live_refine_follows_a_moving_head(head, model):
-    """The streaming tracker's path: one full fit, then three Levenberg-Marquardt steps per frame
-    (a 25° head turn at 5° per frame, the jaw opening meanwhile)."""
-    T = 30
+def fast_turn(head, T: int = 30):
+    """A 25 degree head turn at up to 5 degrees per frame (and a nod) while the jaw opens."""
     t = torch.linspace(0, 1, T)
     yaw, pitch = 25 * torch.sin(2 * torch.pi * t), 10 * torch.sin(4 * torch.pi * t)
     expr = torch.zeros(T, 53)
     expr[:, head.expression_names.index("jawOpen")] = 0.7 * torch.sin(torch.pi * t) ** 2
     trans = torch.stack([0.03 * t, torch.zeros(T), -0.8 - 0.1 * t], 1)
-    p = _params(head, yaw, pitch, torch.zeros(T), expr, trans, torch.zeros(T, 50))
+    return _params(head, yaw, pitch, torch.zeros(T), expr, trans, torch.zeros(T, 50)), expr
+
+
+def test_live_refine_follows_a_moving_head(head, model):
+    """The streaming tracker's path: one full fit, then three Levenberg-Marquardt steps per frame
+    (a 25° head turn at 5° per frame, the jaw opening meanwhile)."""
+    T = 30
+    p, expr = fast_turn(head, T)
     uv, _ = camera_for(FOCAL, SIZE, SIZE).project(model.points(p))
     noisy = torch.from_numpy(uv.numpy() + np.random.default_rng(2).normal(0, NOISE, uv.shape)).float()
     fitter = Fitter(head, FitSettings(focal=FOCAL))

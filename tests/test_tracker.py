@@ -9,7 +9,7 @@ from fgp_fast.fitting import FitSettings
 from fgp_fast.fitting.result import camera_for
 from fgp_fast.fitting.tracker import FrameTracker, TrackSettings, WindowSmoother, identity_distance, scene_change, thumbnail
 from fgp_fast.heads import axis_angle_to_euler
-from test_fitting import FOCAL, NOISE, SIZE, _angle_deg, _params, synthetic_video
+from test_fitting import FOCAL, NOISE, SIZE, _angle_deg, _params, fast_turn, synthetic_video
 
 
 def _track(head, landmarks, shots=(), settings=TrackSettings(), half=3):
@@ -55,12 +55,7 @@ def test_tracker_follows_the_live_refine_sequence(head, model):
     """test_fitting.test_live_refine_follows_a_moving_head's sequence (25 deg turn at 5 deg/frame,
     the jaw opening): the same bounds, with frames 12-14 lost and found again."""
     T = 30
-    t = torch.linspace(0, 1, T)
-    yaw, pitch = 25 * torch.sin(2 * torch.pi * t), 10 * torch.sin(4 * torch.pi * t)
-    expr = torch.zeros(T, 53)
-    expr[:, head.expression_names.index("jawOpen")] = 0.7 * torch.sin(torch.pi * t) ** 2
-    trans = torch.stack([0.03 * t, torch.zeros(T), -0.8 - 0.1 * t], 1)
-    p = _params(head, yaw, pitch, torch.zeros(T), expr, trans, torch.zeros(T, 50))
+    p, expr = fast_turn(head, T)
     uv = list(_project(model, p, 2))
     for i in (12, 13, 14):
         uv[i] = None
