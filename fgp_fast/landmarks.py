@@ -23,6 +23,9 @@ INSTALL_HINT = ("pip install -r requirements-mediapipe.txt && "
 
 
 _native_logs = os.environ.get("FGP_NATIVE_LOGS") == "1"
+# Frames processed with the logs silenced: the first one starts the models, and their warnings
+# are written from MediaPipe's own threads, sometimes after that call has returned.
+QUIET_FRAMES = 3
 _quiet_lock = threading.Lock()
 _quiet_depth = 0
 _saved_stderr: int | None = None
@@ -96,19 +99,19 @@ class FaceLandmarker:
             self._mesh = face_mesh.FaceMesh(
                 static_image_mode=not video, max_num_faces=max_faces, refine_landmarks=True,
                 min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
-        self._started = False  # the first frame initialises the models, which logs too
+        self._quiet_frames = QUIET_FRAMES  # the first frames initialise the models, which logs too
 
     def faces(self, image: np.ndarray) -> list[np.ndarray]:
         """Every face in an (H, W, 3) uint8 RGB image, largest first, each (478, 2) float32 pixels."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
         H, W = image.shape[:2]
-        if self._started:
-            result = self._mesh.process(np.ascontiguousarray(image))
-        else:
+        if self._quiet_frames:
             with _quiet_native_logs():
                 result = self._mesh.process(np.ascontiguousarray(image))
-            self._started = True
+            self._quiet_frames -= 1
+        else:
+            result = self._mesh.process(np.ascontiguousarray(image))
         out = []
         for face in result.multi_face_landmarks or ():
             xy = np.array([(p.x, p.y) for p in face.landmark], dtype=np.float32) * np.float32([W, H])

@@ -382,7 +382,10 @@ def test_abrupt_disconnects(server, rng, jpegs):
         c.send_raw(pack({"type": "source"}, rng.choice(jpegs)))
         c.ws.socket.shutdown(socket.SHUT_RDWR)
         c.ws.socket.close()
-        # Connected and closed before reading anything.
+        # Connected and closed before reading anything. (The sessions above hold their slots until
+        # their work in the pool has finished, seconds for the source fit: wait for them first, or
+        # the server is rightly full.)
+        server.wait_sessions(0, timeout=60)
         for _ in range(3):
             Client(server.url, token=TOKEN, timeout=60).close()
         server.wait_sessions(0, timeout=60)
