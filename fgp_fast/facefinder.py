@@ -42,7 +42,7 @@ class FaceDetector:
     """MediaPipe's full-range face detector: boxes (x0, y0, w, h) in pixels, largest first."""
 
     def __init__(self, min_confidence: float = 0.5):
-        from .landmarks import QUIET_FRAMES, _face_mesh_module, _quiet_native_logs  # the first raises the install hint
+        from .landmarks import QuietStart, _face_mesh_module, _quiet_native_logs  # the first raises the install hint
 
         _face_mesh_module()
         from mediapipe.python.solutions import face_detection
@@ -50,16 +50,11 @@ class FaceDetector:
         self._quiet = _quiet_native_logs  # graph start, first frame and shutdown log from C++
         with self._quiet():
             self._det = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
-        self._quiet_frames = QUIET_FRAMES
+        self._process = QuietStart()
 
     def boxes(self, image: np.ndarray) -> list[np.ndarray]:
         H, W = image.shape[:2]
-        if self._quiet_frames:
-            with self._quiet():
-                result = self._det.process(np.ascontiguousarray(image))
-            self._quiet_frames -= 1
-        else:
-            result = self._det.process(np.ascontiguousarray(image))
+        result = self._process(self._det.process, np.ascontiguousarray(image))
         out = []
         for d in result.detections or ():
             b = d.location_data.relative_bounding_box

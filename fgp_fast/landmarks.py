@@ -71,6 +71,22 @@ def _quiet_native_logs():
                 _saved_stderr = None
 
 
+class QuietStart:
+    """Calls a MediaPipe graph with its native logs silenced over its first QUIET_FRAMES frames
+    (they initialise the models, which logs from C++ threads)."""
+
+    def __init__(self):
+        self.left = QUIET_FRAMES
+
+    def __call__(self, process, image: np.ndarray):
+        if not self.left:
+            return process(image)
+        with _quiet_native_logs():
+            result = process(image)
+        self.left -= 1
+        return result
+
+
 class MediaPipeMissingError(MissingDependencyError):
     """mediapipe is not installed (or not importable here)."""
 
@@ -99,19 +115,14 @@ class FaceLandmarker:
             self._mesh = face_mesh.FaceMesh(
                 static_image_mode=not video, max_num_faces=max_faces, refine_landmarks=True,
                 min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
-        self._quiet_frames = QUIET_FRAMES  # the first frames initialise the models, which logs too
+        self._process = QuietStart()
 
     def faces(self, image: np.ndarray) -> list[np.ndarray]:
         """Every face in an (H, W, 3) uint8 RGB image, largest first, each (478, 2) float32 pixels."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
         H, W = image.shape[:2]
-        if self._quiet_frames:
-            with _quiet_native_logs():
-                result = self._mesh.process(np.ascontiguousarray(image))
-            self._quiet_frames -= 1
-        else:
-            result = self._mesh.process(np.ascontiguousarray(image))
+        result = self._process(self._mesh.process, np.ascontiguousarray(image))
         out = []
         for face in result.multi_face_landmarks or ():
             xy = np.array([(p.x, p.y) for p in face.landmark], dtype=np.float32) * np.float32([W, H])

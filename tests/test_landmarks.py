@@ -113,3 +113,26 @@ def test_cli_reports_missing_mediapipe_in_one_line(monkeypatch, tmp_path, capsys
     assert main(["demo", "--out", str(tmp_path / "demo"), "--size", "128"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fgp demo: error:") and "pip install" in err and "Traceback" not in err
+
+
+def test_quiet_start_silences_only_the_first_frames(capfd):
+    """The first QUIET_FRAMES calls of a graph write to fd 2 (from C++) into /dev/null; later
+    calls, and everything when native logging is on, reach stderr."""
+    import os
+
+    from fgp_fast.landmarks import QUIET_FRAMES, QuietStart, set_native_logging
+
+    def process(tag):
+        os.write(2, f"[{tag}]".encode())
+        return tag
+
+    previous = set_native_logging(False)
+    try:
+        quiet = QuietStart()
+        assert [quiet(process, i) for i in range(QUIET_FRAMES + 2)] == list(range(QUIET_FRAMES + 2))
+        assert capfd.readouterr().err == f"[{QUIET_FRAMES}][{QUIET_FRAMES + 1}]"
+        set_native_logging(True)
+        QuietStart()(process, "on")
+        assert capfd.readouterr().err == "[on]"
+    finally:
+        set_native_logging(previous)
