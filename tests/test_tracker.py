@@ -128,10 +128,17 @@ def test_track_landmarks_is_the_offline_tracker_up_to_a_new_person(head, model):
     frames as one FitResult, frames without a face filled, cut where another person starts."""
     from fgp_fast.fitting import track_landmarks
 
-    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 20)))
-    a, b = torch.randn(1, 50, generator=g) * 1.2, torch.randn(1, 50, generator=g) * 1.2
-    if identity_distance(model, a.numpy()[0], b.numpy()[0]) < 2 * TrackSettings().identity_change:
-        b = -a  # two random identities that happen to look alike: take a clearly different one
+    seed = int(np.random.default_rng().integers(1 << 20))
+    print(f"identities of seed {seed}")  # shown when it fails
+    g = torch.Generator().manual_seed(seed)
+    # the second person: the most different of 16 random ones. The joint identity fit shrinks
+    # shapes towards the mean (fitted distances were 0.35-0.8x the true ones), so a random pair
+    # 2x the threshold apart can fit under it (CI, stop 18); the farthest of 16 (true 0.11-0.17)
+    # fitted 0.06-0.12 over seeds 0-19, 2x the threshold (2026-12-03)
+    a, others = torch.randn(1, 50, generator=g) * 1.2, torch.randn(16, 50, generator=g) * 1.2
+    far = [identity_distance(model, a.numpy()[0], o.numpy()) for o in others]
+    b = others[int(np.argmax(far))][None]
+    assert max(far) > 3 * TrackSettings().identity_change
     pa = _still_sequence(head, a, 12, 0.0)
     frames = list(_project(model, pa, 0)) + list(_project(model, _still_sequence(head, a, 12, 0.12), 1)) + \
         list(_project(model, _still_sequence(head, b, 12, 0.0), 2))
