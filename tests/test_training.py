@@ -229,13 +229,62 @@ def test_prepare_redoes_a_damaged_clip_folder(data, videos, tmp_path, damage):
 def test_dataset_deterministic_and_flow(data):
     a, b = ClipDataset(data, seed=3), ClipDataset(data, seed=3)
     s1, s2 = a.batch([5, 6]), b.batch([5, 6])
-    for k in s1:
+    assert s1["pairs"] == s2["pairs"] and len(s1["pairs"]) == 2
+    for k in s1.keys() - {"pairs"}:
         assert torch.equal(s1[k], s2[k])
     assert s1["source"].shape == (2, 3, SIZE, SIZE) and s1["target"].shape == (2, 1, 3, SIZE, SIZE)
     flow = a.flow(s1, n_samples=4)
     assert flow.shape == (2, 1, 12, SIZE, SIZE) and torch.isfinite(flow).all() and flow.abs().max() > 0
     clip = ClipDataset(data, frames=4, seed=0).sample(0)
     assert clip["target"].shape == (4, 3, SIZE, SIZE) and clip["verts_tgt"].shape[0] == 4
+
+
+def test_flow_cache_returns_the_same_flows_and_encodes_only_new_pairs(data, monkeypatch):
+    """flow_cache_mb: a cached dataset's flows equal the uncached ones bit for bit; a batch encodes
+    only the pairs (clip, frames, sampling settings) it has not seen; least recently used pairs
+    go first when the bytes run out; a worker's copy starts empty; a negative size is refused."""
+    import pickle
+
+    from fgp_fast.data.dataset import DataError
+
+    seed = int(np.random.default_rng().integers(1 << 20))
+    plain, cached = ClipDataset(data, seed=seed), ClipDataset(data, seed=seed, flow_cache_mb=1)
+    encoded = []
+    inner = ClipDataset._encode
+
+    def counting(self, batch, rows, *args):
+        rows = list(rows)
+        encoded.append([batch["pairs"][r] for r in rows])
+        return inner(self, batch, rows, *args)
+
+    monkeypatch.setattr(ClipDataset, "_encode", counting)
+    first = cached.batch([0, 1, 2])
+    assert torch.equal(cached.flow(first, n_samples=4), plain.flow(first, n_samples=4))
+    assert encoded[0] == first["pairs"] and encoded[1] == first["pairs"]
+    encoded.clear()
+    again = cached.batch([2, 3])  # sample 2 is cached, 3 may be a pair already seen
+    fresh = [p for p in again["pairs"] if p not in first["pairs"]]
+    got = cached.flow(again, n_samples=4)
+    assert encoded == ([fresh] if fresh else [])
+    assert torch.equal(got, plain.flow(again, n_samples=4))
+    encoded.clear()
+    cached.flow(first, n_samples=2)  # other settings: other flows
+    assert encoded == [first["pairs"]]
+    one = 12 * SIZE * SIZE * 4  # bytes of one pair's flow at N = 4
+    small = ClipDataset(data, seed=seed)
+    small.flow_cache.capacity = 2 * one
+    pairs = []
+    i = 0
+    while len(pairs) < 3:  # three different pairs, one at a time
+        b = small.batch([i])
+        if b["pairs"][0] not in pairs:
+            pairs.append(b["pairs"][0])
+            small.flow(b, n_samples=4)
+        i += 1
+    assert [k[0] for k in small.flow_cache.items] == pairs[1:] and small.flow_cache.size == 2 * one
+    assert len(pickle.loads(pickle.dumps(cached)).flow_cache.items) == 0
+    with pytest.raises(DataError, match="flow_cache_mb"):
+        ClipDataset(data, flow_cache_mb=-1)
 
 
 def test_flow_uses_each_clips_camera(data, tmp_path):
@@ -467,13 +516,30 @@ def test_config_yaml(tmp_path):
     assert load_config(root / "train_sd15.yaml").lr == 1e-5
 
 
+def test_lr_schedules():
+    """A linear warmup, then constant or a half cosine towards 0 at ``steps`` (never 0 on a step)."""
+    from fgp_fast.errors import InputError
+    from fgp_fast.training.config import lr_factor
+
+    assert [lr_factor("constant", s, 4, 10) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cos = [lr_factor("cosine", s, 2, 10) for s in range(10)]
+    assert cos[:3] == [0.5, 1.0, 1.0] and all(a > b for a, b in zip(cos[2:], cos[3:]))
+    assert cos[6] == pytest.approx(0.5) and 0 < cos[-1] < 0.05
+    assert lr_factor("cosine", 0, 0, 1) == 1.0
+    with pytest.raises(InputError, match="lr_schedule"):
+        load_config(lr_schedule="linear")
+    with pytest.raises(InputError, match="warmup_steps"):
+        load_config(warmup_steps=-1)
+
+
 def test_validation_logs_keeps_best_and_resumes_bit_exact(data, tmp_path):
     """val_every: PSNR/SSIM/APD/AED of a fixed held-out set in log.csv and TensorBoard, the best
     weights in OUTPUT/best; a run stopped and resumed equals the uninterrupted one, validation included."""
     pytest.importorskip("tensorboard")
     from fgp_fast.pipeline import FGPortraitPipeline
 
-    keys = dict(val_data=str(data), val_every=2, val_pairs=2, val_steps=1, best_metric="psnr", grad_accum=2, ema=True)
+    keys = dict(val_data=str(data), val_every=2, val_pairs=2, val_steps=1, best_metric="psnr", grad_accum=2, ema=True,
+                lr_schedule="cosine", warmup_steps=1)
     full = train(_config(data, tmp_path / "full", **keys), log=lambda s: None)
     part = train(_config(data, tmp_path / "part", **keys), stop_after=3, log=lambda s: None)
     rest = train(_config(data, tmp_path / "part", **keys), resume=True, log=lambda s: None)

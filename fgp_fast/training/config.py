@@ -2,11 +2,26 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from ..errors import InputError
 
-__all__ = ["TrainConfig", "load_config"]
+__all__ = ["LR_SCHEDULES", "TrainConfig", "load_config", "lr_factor"]
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, step: int, warmup: int, steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) as a fraction of ``lr``: a linear
+    warmup over ``warmup`` steps, then constant, or a half cosine from 1 down towards 0 at step
+    ``steps`` (short runs end better annealed)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    span = max(steps - warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
 @dataclass
@@ -28,6 +43,7 @@ class TrainConfig:
     data: str = ""                  # prepared dataset directory (fgp prepare)
     frames: int = 8                 # stage 2: driver clip length F
     seed: int = 0
+    flow_cache_mb: int = 0          # keep flows per (clip, source, driver frames) up to this size, per process
     loader_workers: int = 0         # DataLoader worker processes reading samples (0: in the training process)
     # --- optimisation
     steps: int = 1000               # optimizer steps
@@ -40,6 +56,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0      # 0 disables clipping
     warmup_steps: int = 0
+    lr_schedule: str = "constant"   # constant | cosine (after the warmup, down to 0 at ``steps``)
     mixed_precision: str = "no"     # no | fp16 | bf16
     gradient_checkpointing: bool = False
     ema: bool = False
@@ -77,13 +94,13 @@ class TrainConfig:
         from .conditions import CONDITIONS, FLOW_SAMPLINGS
 
         choices = {"condition": CONDITIONS, "flow_sampling": FLOW_SAMPLINGS,
-                   "prediction_type": ("epsilon", "v_prediction"), "best_metric": ("psnr", "ssim", "apd", "aed")}
+                   "prediction_type": ("epsilon", "v_prediction"), "lr_schedule": LR_SCHEDULES, "best_metric": ("psnr", "ssim", "apd", "aed")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0 <= self.min_train_timestep < 1000:
             raise InputError(f"min_train_timestep must be in [0, 1000), got {self.min_train_timestep}")
-        for name in ("loader_workers", "val_every"):
+        for name in ("loader_workers", "val_every", "warmup_steps", "flow_cache_mb"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("val_pairs", "val_steps"):

@@ -21,6 +21,7 @@ Importing this module imports torch only; accelerate and diffusers load inside :
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import signal
 import time
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, MissingDependencyError
 from .checkpoint import TrainState, checkpoint_meta, latest_checkpoint, restore_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, lr_factor
 
 __all__ = ["TrainModule", "build_pipeline", "latest_checkpoint", "train"]
 
@@ -221,7 +222,8 @@ def _build(cfg: TrainConfig) -> _Run:
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     device = accelerator.device
-    dataset = ClipDataset(cfg.data, frames=1 if cfg.stage == 1 else cfg.frames, seed=cfg.seed)
+    dataset = ClipDataset(cfg.data, frames=1 if cfg.stage == 1 else cfg.frames, seed=cfg.seed,
+                          flow_cache_mb=cfg.flow_cache_mb)
     pipe = build_pipeline(cfg)
     if dataset.size % 8:
         raise InputError(f"dataset size {dataset.size} is not a multiple of 8")
@@ -242,7 +244,7 @@ def _build(cfg: TrainConfig) -> _Run:
     optimizer = torch.optim.AdamW([params[n] for n in names], lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+        optimizer, functools.partial(lr_factor, cfg.lr_schedule, warmup=cfg.warmup_steps, steps=cfg.steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = {n: params[n].detach().clone().float() for n in names} if cfg.ema else None
     return _Run(accelerator, dataset, pipe, model, accelerator.unwrap_model(model),
@@ -398,9 +400,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     interrupted, last_ckpt = False, None
     run.model.train()
     from .loader import micro_batches
-
-    import functools
-
     from .conditions import condition_maps
 
     # on the CPU the loader workers build the condition maps too, in parallel with the step
