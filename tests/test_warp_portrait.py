@@ -27,6 +27,29 @@ def test_area_ratio_of_affine_maps_is_exact():
     assert torch.allclose(det, torch.det(A).expand_as(det), atol=1e-9)
 
 
+def test_triangle_affine_maps_match_a_linear_solve():
+    """meshwarp._affine (closed form) against numpy's 3x3 solve, on random triangles, with
+    degenerate ones (repeated and collinear corners) taking their corners' mean."""
+    from fgp_fast.render.meshwarp import _affine
+
+    rng = np.random.default_rng()
+    pts, vals = rng.uniform(0, 200, (60, 2)), rng.normal(0, 20, (60, 2))
+    tri = rng.integers(0, 60, (500, 3))
+    tri[:10, 2] = tri[:10, 1]                                       # repeated corner
+    pts[59] = 2 * pts[58] - pts[57]                                 # collinear with 57 and 58
+    tri[10] = (57, 58, 59)
+    got = _affine(pts, vals, tri)
+    Q = np.concatenate([pts[tri], np.ones((len(tri), 3, 1))], -1)
+    ok = np.abs(np.linalg.det(Q)) > 1e-9
+    assert (~ok[:11]).all() and ok[11:].mean() > 0.9
+    firm = np.abs(np.linalg.det(Q)) > 1e-2  # well-conditioned: both ways agree to rounding
+    assert np.allclose(got[firm], np.linalg.solve(Q[firm], vals[tri][firm]), rtol=1e-7, atol=1e-7)
+    assert np.allclose(got[~ok, :2], 0) and np.allclose(got[~ok, 2], vals[tri][~ok].mean(1))
+    # the map hits the corner values
+    corner = np.einsum("tk,tkc->tc", np.concatenate([pts[tri][:, 0], np.ones((len(tri), 1))], 1), got)
+    assert np.allclose(corner[ok], vals[tri][ok, 0], atol=1e-7)
+
+
 def test_tear_fraction_flags_jumps_and_folds_only():
     ys, xs = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
     ident = torch.stack([xs, ys], -1)[None]

@@ -479,15 +479,18 @@ def rasterize_map(mesh: FrameMesh, base: Tensor, backend: str, still: Tensor | N
 
 def _affine(points: np.ndarray, values: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     """(T, 3, 2) coefficients (a, b, c) per triangle with value(x, y) = a x + b y + c matching
-    ``values`` (N, 2) at its corners ``points`` (N, 2); degenerate triangles get their mean value."""
-    P, V = points[triangles], values[triangles]                        # (T, 3, 2)
-    Q = np.concatenate([P, np.ones(P.shape[:2] + (1,))], -1)           # (T, 3, 3)
-    det = np.linalg.det(Q)
+    ``values`` (N, 2) at its corners ``points`` (N, 2); degenerate triangles get their mean value.
+    Cramer's rule on the edge vectors (batched 3x3 solves took ~12 ms of a 40 ms frame)."""
+    P, V = points[triangles].astype(np.float64), values[triangles].astype(np.float64)   # (T, 3, 2)
+    e1, e2 = P[:, 1] - P[:, 0], P[:, 2] - P[:, 0]                      # (T, 2)
+    d1, d2 = V[:, 1] - V[:, 0], V[:, 2] - V[:, 0]                      # (T, 2): per output channel
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]                     # = det [[x, y, 1]] of the corners
     ok = np.abs(det) > 1e-9
-    out = np.zeros((len(triangles), 3, 2))
-    out[ok] = np.linalg.solve(Q[ok], V[ok])
-    out[~ok, 2] = V[~ok].mean(1)
-    return out
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)[:, None]
+    a = (d1 * e2[:, 1:2] - d2 * e1[:, 1:2]) * inv
+    b = (d2 * e1[:, 0:1] - d1 * e2[:, 0:1]) * inv
+    c = np.where(ok[:, None], V[:, 0] - a * P[:, 0, 0:1] - b * P[:, 0, 1:2], V.mean(1))
+    return np.stack([a, b, c], 1)
 
 
 def _upsample(coarse: Tensor, H: int, W: int) -> Tensor:
