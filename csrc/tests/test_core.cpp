@@ -100,42 +100,54 @@ static Hit brute(const Mesh& m, Vec3 p) {
   return h;
 }
 
+// A mesh's BVH (leaf size 4), refitted to the mesh's vertices.
+struct Tree {
+  std::vector<int> topo, prim;
+  std::vector<BVHNode> nodes;
+  std::vector<float> tri;
+  int M = 0, depth = 0;
+
+  explicit Tree(const Mesh& m) {
+    const int64_t F = m.f.size() / 3, V = m.v.size() / 3;
+    topo.resize(8 * F);
+    prim.resize(F);
+    M = bvh_build(m.v.data(), V, m.f.data(), F, 4, topo.data(), prim.data(), &depth);
+    nodes.resize(2 * M);
+    tri.resize(F * kTriStride);
+    refit(m);
+  }
+  void refit(const Mesh& m) {
+    bvh_refit_cpu(m.v.data(), m.f.data(), topo.data(), prim.data(), m.f.size() / 3, M, nodes.data(), tri.data());
+  }
+};
+
 static void test_bvh() {
   std::mt19937 rng(1);
   std::normal_distribution<float> g(0.f, 1.f);
   Mesh m = soup(rng, 2000);
-  const int64_t F = m.f.size() / 3, V = m.v.size() / 3;
-  std::vector<int> topo(8 * F), prim(F);
-  int depth = 0;
-  const int M = bvh_build(m.v.data(), V, m.f.data(), F, 4, topo.data(), prim.data(), &depth);
-  CHECK(M >= 1 && M < 2 * F && depth < kBVHMaxDepth);
+  const int64_t F = m.f.size() / 3;
+  Tree t(m);
+  CHECK(t.M >= 1 && t.M < 2 * F && t.depth < kBVHMaxDepth);
   std::vector<int> seen(F, 0);
-  for (int k = 0; k < F; ++k) seen[prim[k]]++;
+  for (int k = 0; k < F; ++k) seen[t.prim[k]]++;
   for (int k = 0; k < F; ++k) CHECK(seen[k] == 1);
-  std::vector<BVHNode> nodes(2 * M);
-  std::vector<float> tris(F * kTriStride);
-  bvh_refit_cpu(m.v.data(), m.f.data(), topo.data(), prim.data(), F, M, nodes.data(), tris.data());
   for (int i = 0; i < 2000; ++i) {
     const Vec3 p{0.15f * g(rng), 0.15f * g(rng), 0.15f * g(rng)};
     Hit h = no_hit();
-    bvh_nearest(nodes.data(), tris.data(), p, h);
+    bvh_nearest(t.nodes.data(), t.tri.data(), p, h);
     const Hit b = brute(m, p);
     CHECK(h.face == b.face && h.best2 == b.best2);
   }
   // Refit to moved vertices equals a rebuild on them.
   Mesh moved = m;
   for (auto& x : moved.v) x += 0.01f * g(rng);
-  bvh_refit_cpu(moved.v.data(), moved.f.data(), topo.data(), prim.data(), F, M, nodes.data(), tris.data());
-  std::vector<int> topo2(8 * F), prim2(F);
-  const int M2 = bvh_build(moved.v.data(), V, moved.f.data(), F, 4, topo2.data(), prim2.data(), nullptr);
-  std::vector<BVHNode> nodes2(2 * M2);
-  std::vector<float> tris2(F * kTriStride);
-  bvh_refit_cpu(moved.v.data(), moved.f.data(), topo2.data(), prim2.data(), F, M2, nodes2.data(), tris2.data());
+  t.refit(moved);
+  const Tree rebuilt(moved);
   for (int i = 0; i < 2000; ++i) {
     const Vec3 p{0.15f * g(rng), 0.15f * g(rng), 0.15f * g(rng)};
     Hit h1 = no_hit(), h2 = no_hit();
-    bvh_nearest(nodes.data(), tris.data(), p, h1);
-    bvh_nearest(nodes2.data(), tris2.data(), p, h2);
+    bvh_nearest(t.nodes.data(), t.tri.data(), p, h1);
+    bvh_nearest(rebuilt.nodes.data(), rebuilt.tri.data(), p, h2);
     CHECK(h1.face == h2.face && h1.best2 == h2.best2);
   }
 }
@@ -167,11 +179,7 @@ static void test_ties_match_brute_force() {
   std::uniform_real_distribution<float> U(-1.f, 1.f);
   const Mesh m = bumpy_grid(rng);
   const int64_t F = m.f.size() / 3, V = m.v.size() / 3;
-  std::vector<int> topo(8 * F), prim(F);
-  const int M = bvh_build(m.v.data(), V, m.f.data(), F, 4, topo.data(), prim.data(), nullptr);
-  std::vector<BVHNode> nodes(2 * M);
-  std::vector<float> tri(F * kTriStride);
-  bvh_refit_cpu(m.v.data(), m.f.data(), topo.data(), prim.data(), F, M, nodes.data(), tri.data());
+  const Tree t(m);
   int mismatches = 0, multi = 0;
   for (int i = 0; i < 4000; ++i) {
     Vec3 p;
@@ -182,7 +190,7 @@ static void test_ties_match_brute_force() {
       p = Vec3{U(rng), U(rng), U(rng)};
     }
     Hit h = no_hit();
-    bvh_nearest(nodes.data(), tri.data(), p, h);
+    bvh_nearest(t.nodes.data(), t.tri.data(), p, h);
     const Hit b = brute(m, p);
     mismatches += h.face != b.face || h.best2 != b.best2;
     int tied = 0;
@@ -207,12 +215,10 @@ static void test_shortlist_matches_brute_force() {
   Mesh meshes[2] = {bumpy_grid(rng), soup(rng, 600)};
   int mismatches = 0, walks = 0, gave_up = 0, bound_errors = 0, points = 0;
   for (const Mesh& m : meshes) {
-    const int64_t F = m.f.size() / 3, V = m.v.size() / 3;
-    std::vector<int> topo(8 * F), prim(F);
-    const int M = bvh_build(m.v.data(), V, m.f.data(), F, 4, topo.data(), prim.data(), nullptr);
-    std::vector<BVHNode> nodes(2 * M);
-    std::vector<float> tri(F * kTriStride);
-    bvh_refit_cpu(m.v.data(), m.f.data(), topo.data(), prim.data(), F, M, nodes.data(), tri.data());
+    const int64_t V = m.v.size() / 3;
+    const Tree tree(m);
+    const BVHNode* nodes = tree.nodes.data();
+    const float* tri = tree.tri.data();
     std::vector<ListEntry> list(kListCapCpu);
     for (int t = 0; t < 120; ++t) {
       const float dist = 0.02f + 0.4f * (0.5f * U(rng) + 0.5f), spread = std::pow(10.f, -3.5f + 2.f * (0.5f * U(rng) + 0.5f));
@@ -226,7 +232,7 @@ static void test_shortlist_matches_brute_force() {
         hi = Vec3{std::fmax(hi.x, q.x), std::fmax(hi.y, q.y), std::fmax(hi.z, q.z)};
       }
       const int cap = t % 3 == 0 ? 6 : kListCapCpu;
-      const int count = bvh_shortlist(nodes.data(), tri.data(), lo, hi, list.data(), cap);
+      const int count = bvh_shortlist(nodes, tri, lo, hi, list.data(), cap);
       ++walks;
       if (count < 0) {
         ++gave_up;
@@ -234,15 +240,15 @@ static void test_shortlist_matches_brute_force() {
       }
       for (const Vec3& q : p) {
         Hit h = no_hit();
-        offer_shortlist(tri.data(), list.data(), count, q, h);
-        if (hit_lost(h)) bvh_resolve_lost(nodes.data(), tri.data(), q, h);
+        offer_shortlist(tri, list.data(), count, q, h);
+        if (hit_lost(h)) bvh_resolve_lost(nodes, tri, q, h);
         const Hit b = brute(m, q);
         mismatches += h.face != b.face || h.best2 != b.best2;
         ++points;
         for (int j = 0; j < count; ++j) {
           Vec3 a, bb, cc;
           int face;
-          load_tri(tri.data(), list[j].k, a, bb, cc, face);
+          load_tri(tri, list[j].k, a, bb, cc, face);
           bound_errors += list_lower2(list[j], q - list[j].m) > point_triangle_dist2(q, a, bb, cc);
         }
       }
@@ -258,11 +264,7 @@ static void test_flow_kernel_writes_everything() {
   std::mt19937 rng(2);
   Mesh m = soup(rng, 300);
   const int64_t F = m.f.size() / 3, V = m.v.size() / 3;
-  std::vector<int> topo(8 * F), prim(F);
-  const int M = bvh_build(m.v.data(), V, m.f.data(), F, 4, topo.data(), prim.data(), nullptr);
-  std::vector<BVHNode> nodes(2 * M);
-  std::vector<float> tris(F * kTriStride);
-  bvh_refit_cpu(m.v.data(), m.f.data(), topo.data(), prim.data(), F, M, nodes.data(), tris.data());
+  const Tree t(m);
   const float K[9] = {40, 0, 16, 0, 40, 12, 0, 0, 1};
   const float w2c[16] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0.6f, 0, 0, 0, 1};
   CamParams cam;
@@ -271,7 +273,7 @@ static void test_flow_kernel_writes_everything() {
   std::vector<uint64_t> zbuf(H * W);
   std::vector<float> out(3 * N * H * W, NAN);
   const float near_ = 0.3f, far_ = 0.9f;
-  cpu::flow_encode(m.v.data(), m.v.data(), 1, V, m.f.data(), F, &cam, &near_, &far_, nodes.data(), M, tris.data(), N,
+  cpu::flow_encode(m.v.data(), m.v.data(), 1, V, m.f.data(), F, &cam, &near_, &far_, t.nodes.data(), t.M, t.tri.data(), N,
                    0.01f, false, H, W, zbuf.data(), out.data(), kOutF32);
   int covered = 0;
   for (auto k : zbuf) covered += k != kEmptyKey;
