@@ -362,14 +362,14 @@ def _animate_still(frames: _Frames, path: Path, out: Path, options: AnimateOptio
     from .media import load_image, save_png
     from .motion.robust import DrivenFrame
     from .portrait import _find_face
-    from .render.eyes import gaze_from_landmarks
+    from .render.eyes import iris_gaze
 
     image = load_image(path)
     points = _find_face(image, str(path), face_index)
     fit = fit_image(frames.portraits[0].head, points, *image.shape[:2])
     tracked = TrackedFrame(0, True, fit.rotation[0], fit.translation[0], fit.expression[0],
                            float(fit.error_px[0]), 0.0, 0, "first", points)
-    gaze = gaze_from_landmarks(points) if len(points) >= 478 else None
+    gaze = iris_gaze(points)
     if options.frames is None:
         if out.suffix.lower() != ".png":
             raise InputError(f"a still driver writes one image: give --out a .png (or --frames N for an "

@@ -157,10 +157,10 @@ class Portrait:
     def gaze(self) -> np.ndarray | None:
         """(2, 2) degrees: the portrait's own gaze read from its irises (``render.gaze_from_landmarks``),
         or None when its landmarks have no irises."""
-        from .render.eyes import gaze_from_landmarks
+        from .render.eyes import iris_gaze
 
-        if self._gaze is None and self.landmarks is not None and len(self.landmarks) >= 478:
-            self._gaze = gaze_from_landmarks(self.landmarks)
+        if self._gaze is None:
+            self._gaze = iris_gaze(self.landmarks)
         return self._gaze
 
     def render(self, motion, index: int, gaze: np.ndarray | None = None, mouth_source=None) -> np.ndarray:

@@ -22,7 +22,7 @@ from ..errors import InputError, InputTypeError
 from .features import EYE_LEFT, EYE_RIGHT, IRIS_LEFT, IRIS_RIGHT, FaceFeatures, ict_features
 from .polygon import inside_polygon, outline_distance, paint, pixel_box, pixel_centres, polygon_area, smoothstep
 
-__all__ = ["EyeFill", "apply_gaze", "gaze_from_landmarks", "close_lids", "eye_height"]
+__all__ = ["EyeFill", "apply_gaze", "gaze_from_landmarks", "iris_gaze", "close_lids", "eye_height"]
 
 EYEBALL_RADIUS_OVER_HALF_WIDTH = 12.0 / 14.5  # eyeball radius ~12 mm, corner to corner ~29 mm
 
@@ -166,6 +166,14 @@ def apply_gaze(verts: Tensor, pose: Tensor, gaze: Tensor, features: FaceFeatures
         R = R_head @ G @ R_head.transpose(1, 2)
         out[:, idx] = centre[:, None] + (eye - centre[:, None]) @ R.transpose(1, 2)
     return out
+
+
+def iris_gaze(landmarks) -> np.ndarray | None:
+    """:func:`gaze_from_landmarks` of one face's (L, 2) landmarks, or None when they have no
+    irises (FaceMesh without its refined 478 points) or there are none."""
+    if landmarks is None or len(landmarks) <= max(IRIS_LEFT):
+        return None
+    return gaze_from_landmarks(landmarks)
 
 
 def gaze_from_landmarks(landmarks) -> np.ndarray:

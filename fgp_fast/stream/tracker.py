@@ -13,7 +13,7 @@ import numpy as np
 
 from ..fitting.tracker import IDENTITY_SETTINGS, FrameTracker, TrackSettings
 from ..motion import Motion
-from ..render.eyes import gaze_from_landmarks
+from ..render.eyes import iris_gaze
 
 __all__ = ["DriverTracker"]
 
@@ -61,7 +61,7 @@ class DriverTracker:
         if not tracked.tracked:
             return None
         new = Motion(tracked.rotation[None].copy(), tracked.expression[None].copy())
-        gaze = gaze_from_landmarks(tracked.landmarks) if len(tracked.landmarks) >= 478 else None
+        gaze = iris_gaze(tracked.landmarks)
         if tracked.cut is not None:  # a new segment: no smoothing across it, and a new reference
             self.motion = self.reference = self.gaze = self.reference_gaze = None
         a = SMOOTHING
