@@ -42,14 +42,15 @@ class FaceDetector:
     """MediaPipe's full-range face detector: boxes (x0, y0, w, h) in pixels, largest first."""
 
     def __init__(self, min_confidence: float = 0.5):
-        from .landmarks import QuietStart, _face_mesh_module, _quiet_native_logs  # the first raises the install hint
+        # (the first import raises the install hint)
+        from .landmarks import QuietStart, _face_mesh_module, _quiet_native_logs, open_quietly
 
         _face_mesh_module()
         from mediapipe.python.solutions import face_detection
 
         self._quiet = _quiet_native_logs  # graph start, first frame and shutdown log from C++
-        with self._quiet():
-            self._det = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+        self._det = open_quietly(lambda: face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=min_confidence))
         self._process = QuietStart()
 
     def boxes(self, image: np.ndarray) -> list[np.ndarray]:

@@ -71,6 +71,20 @@ def _quiet_native_logs():
                 _saved_stderr = None
 
 
+def open_quietly(make_graph):
+    """Build a MediaPipe solution and wait, logs silenced, until its calculators have opened.
+
+    The graph opens its calculators on its own threads after the constructor returns, and they
+    log as they do; one process call on a blank image returns only once all of them are open, so
+    nothing is logged after this returns (a bare constructor leaks those lines into whatever the
+    caller does next).
+    """
+    with _quiet_native_logs():
+        graph = make_graph()
+        graph.process(np.zeros((64, 64, 3), np.uint8))
+    return graph
+
+
 class QuietStart:
     """Calls a MediaPipe graph with its native logs silenced over its first QUIET_FRAMES frames
     (they initialise the models, which logs from C++ threads)."""
@@ -111,10 +125,9 @@ class FaceLandmarker:
     def __init__(self, video: bool = False, max_faces: int = 4, min_confidence: float = 0.5):
         os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging is noisy
         face_mesh = _face_mesh_module()
-        with _quiet_native_logs():
-            self._mesh = face_mesh.FaceMesh(
-                static_image_mode=not video, max_num_faces=max_faces, refine_landmarks=True,
-                min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
+        self._mesh = open_quietly(lambda: face_mesh.FaceMesh(
+            static_image_mode=not video, max_num_faces=max_faces, refine_landmarks=True,
+            min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence))
         self._process = QuietStart()
 
     def faces(self, image: np.ndarray) -> list[np.ndarray]:

@@ -334,3 +334,14 @@ def test_mediapipe_logs_are_silenced_unless_verbose(scene, tmp_path):
                           text=True, env=env, timeout=600, cwd=ROOT)
     assert loud.returncode == 0, loud.stderr
     assert "TensorFlow Lite" in loud.stderr or "W0000" in loud.stderr
+
+
+def test_mediapipe_graphs_log_nothing_after_they_are_built():
+    # The graphs open their calculators on their own threads and log as they do; a constructor
+    # that returned before that leaked those lines into whatever ran next.
+    code = ("import time; from fgp_fast.facefinder import CropLandmarker\n"
+            "lm = CropLandmarker(); time.sleep(0.5); print('built', flush=True); time.sleep(0.5)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "built"
+    assert run.stderr.strip() == "", run.stderr
