@@ -10,8 +10,10 @@ cache folder, and animates the full astronaut photo (512 x 512; the head crop at
     python bench/bench_offline.py --frames 300 --size 512   # the fps / split run only
     python bench/bench_offline.py --frames 300 --blas default serial   # BLAS's own threads vs one
 
-Stage seconds are busy time per stage (waits excluded); stages overlap on the cores, so the wall
-time is below their sum. Report the load average with the numbers (``uptime``): this machine is
+Stage seconds are busy time per stage (waits excluded; ``render`` is the render workers' own busy
+time, summed, when animate forks them); stages overlap on the cores, so the wall time is below
+their sum. Peak RSS is the main process's and, separately, a render worker's (each shares the
+parent's pages until it writes them). Report the load average with the numbers (``uptime``): this machine is
 shared.
 """
 from __future__ import annotations
@@ -32,17 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_mb() -> float:
-    """This process's own peak RSS (MB): /proc's VmHWM, which starts afresh at exec. (getrusage's
+    """This process's own peak RSS (MB): /proc's VmHWM (render_worker.peak_rss_mb). (getrusage's
     ru_maxrss keeps the forking parent's resident size across exec, so a child started by a parent
-    that had generated a large driver would report the parent's.)"""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    that had generated a large driver would report the parent's; it is only the fallback.)"""
+    from fgp_fast.render_worker import peak_rss_mb as own
+
+    mb = own()
+    return mb if mb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 def make_driver(path: Path, frames: int, width: int, height: int, fps: float = 25.0) -> None:
     """``frames`` of the astronaut loop on a grey canvas, drifting slowly; with a tone."""
@@ -82,7 +80,7 @@ def child(args) -> None:
     report = animate(portrait, args.driver, args.out, AnimateOptions(cache=False))
     print(json.dumps({"frames": report.frames, "seconds": report.seconds, "setup": setup,
                       "stages": report.stages, "width": report.width, "height": report.height,
-                      "peak_rss_mb": peak_rss_mb()}))
+                      "peak_rss_mb": peak_rss_mb(), "worker_peak_rss_mb": report.worker_peak_rss_mb}))
 
 
 def run(driver: Path, size: int, workdir: Path, blas: str) -> dict:
@@ -125,17 +123,21 @@ def main() -> None:
                 r.update(driver_frames=n, driver_size=args.driver_size, load_before=load,
                          load_after=os.getloadavg(), driver_seconds=made, blas=blas)
                 results.append(r)
+                worker = (f" (each render worker {r['worker_peak_rss_mb']:.0f} MB)"
+                          if r.get("worker_peak_rss_mb") else "")
                 split = ", ".join(f"{k} {1000 * v / r['frames']:.1f}" for k, v in r["stages"].items())
                 print(f"{n} frames {args.driver_size} -> {r['width']}x{r['height']} (crop {args.size}, BLAS "
                       f"{blas}): {r['frames'] / r['seconds']:.1f} frames/s end to end ({r['seconds']:.1f} s; setup "
-                      f"{r['setup']:.1f} s); busy ms/frame: {split}; peak RSS {r['peak_rss_mb']:.0f} MB; "
+                      f"{r['setup']:.1f} s); busy ms/frame: {split}; peak RSS {r['peak_rss_mb']:.0f} MB{worker}; "
                       f"load {load[0]:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
     for blas in args.blas:
         mine = [r for r in results if r["blas"] == blas]
         if len(mine) > 1:
-            a, b = mine[0]["peak_rss_mb"], mine[-1]["peak_rss_mb"]
-            print(f"peak RSS {mine[0]['driver_frames']} vs {mine[-1]['driver_frames']} frames (BLAS {blas}): "
-                  f"{a:.0f} MB vs {b:.0f} MB ({100 * (b - a) / a:+.1f}%)")
+            for key, what in (("peak_rss_mb", "peak RSS"), ("worker_peak_rss_mb", "render worker peak RSS")):
+                a, b = mine[0].get(key), mine[-1].get(key)
+                if a and b:
+                    print(f"{what} {mine[0]['driver_frames']} vs {mine[-1]['driver_frames']} frames (BLAS {blas}): "
+                          f"{a:.0f} MB vs {b:.0f} MB ({100 * (b - a) / a:+.1f}%)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

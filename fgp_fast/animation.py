@@ -31,6 +31,9 @@ from .progress import Progress, stage
 __all__ = ["AnimateOptions", "AnimationReport", "animate", "animate_source_video", "driver_kind", "limit_side"]
 
 
+LANDMARKS_AHEAD = 64  # landmark items (points and a mouth crop) queued for the tracker
+
+
 @dataclass
 class AnimateOptions:
     mode: str = "relative"            # "relative" (default) or "absolute"
@@ -46,6 +49,7 @@ class AnimateOptions:
     smoothing: int = 3                # half-width in frames of the tracker's smoothing window
     depth: int = 4                    # items each stage queue holds
     threads: int = 1                  # torch threads while the stages run (they run side by side)
+    render_process: bool | None = None  # render in a forked worker process (None: where render_worker allows)
     keep_pose: bool = True            # a source video keeps each frame's own head motion
 
 
@@ -62,6 +66,7 @@ class AnimationReport:
     cached: bool                  # the driver's tracking came from the cache
     seconds: float                # wall time of the pipeline
     stages: dict                  # busy seconds per stage
+    worker_peak_rss_mb: float | None = None   # the largest render worker's peak RSS (None: rendered in-process)
 
 
 def driver_kind(path: str | os.PathLike) -> str:
@@ -453,7 +458,12 @@ class _DriverStream:
         last, encoded."""
         from .stages import Pipeline
 
-        pipe = Pipeline(self.source, self.stages + [("render", render)], self.source_name, options.depth)
+        # Landmarks may run far ahead of tracking (their items are small unless they carry the
+        # driver frame for side by side): while the tracker fits a segment's identity (seconds),
+        # MediaPipe keeps working through the next frames.
+        ahead = options.depth if options.side_by_side else max(options.depth, LANDMARKS_AHEAD)
+        pipe = Pipeline(self.source, self.stages + [("render", render)], self.source_name, options.depth,
+                        {"landmarks": ahead})
         try:
             audio = self.audio(options)
             report = _write(frames, pipe, out, self.fps, total or self.reader.frames or 0, audio, progress,
@@ -469,13 +479,49 @@ class _DriverStream:
 
 def _animate_video(frames: _Frames, path: Path, out: Path, options: AnimateOptions, face_index: int,
                    progress) -> AnimationReport:
-    stream = _DriverStream(path, frames.portraits[0].head, options, face_index, frames.keeper(options.side_by_side))
+    from .render_worker import WORKERS, RenderWorker, can_fork_renderer, ordered_stage
 
-    def render(item):
+    def draw(job):
+        driven, mouth = job
+        return frames.render(frames.motions(driven), driven, mouth)
+
+    def split(item):  # (DrivenFrame, kept) -> (the render job, what the encoder needs besides)
         driven, (picture, mouth) = item[0], item[1] or (None, None)
-        yield frames.render(frames.motions(driven), driven, mouth), picture, driven.state
+        return (driven, mouth), (picture, driven.state)
 
-    return stream.run(render, frames, out, options, progress)
+    fork = options.render_process
+    if fork is None:
+        fork = can_fork_renderer(frames.portraits)
+    # Forked first, before the driver is opened and any stage thread exists (render_worker).
+    workers = [RenderWorker(draw, f"fgp-render-{k}") for k in range(WORKERS)] if fork else []
+    try:
+        stream = _DriverStream(path, frames.portraits[0].head, options, face_index,
+                               frames.keeper(options.side_by_side))
+        if not workers:
+            def render(item):
+                job, (picture, state) = split(item)
+                yield draw(job), picture, state
+
+            return stream.run(render, frames, out, options, progress)
+        send, drain = ordered_stage(workers, ahead=max(1, options.depth // len(workers)))
+
+        def render_forked(item):
+            for frame, (picture, state) in send(split(item)):
+                yield frame, picture, state
+
+        def finish():
+            for frame, (picture, state) in drain():
+                yield frame, picture, state
+
+        report = stream.run((render_forked, finish), frames, out, options, progress)
+        for w in workers:
+            w.close()
+        report.stages["render"] = sum(w.seconds for w in workers)  # the workers' busy time, not the waits
+        report.worker_peak_rss_mb = max(w.peak_rss_mb or 0.0 for w in workers)
+        return report
+    finally:
+        for w in workers:
+            w.close()
 
 
 def animate_source_video(source: str | os.PathLike, renderer, size: int, driver: str | os.PathLike,

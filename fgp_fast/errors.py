@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "FGPError", "InputError", "InputTypeError", "NoFaceError", "BackendUnavailableError",
-    "DataError", "ServerError",
+    "DataError", "ServerError", "WorkerError",
 ]
 
 
@@ -39,6 +39,10 @@ class DataError(FGPError, ValueError):
 
 class ServerError(FGPError, RuntimeError):
     """The streaming server refused a request or broke the protocol."""
+
+
+class WorkerError(FGPError, RuntimeError):
+    """A worker process (the render worker of ``fgp animate``) died or broke its protocol."""
 
 
 class MissingDependencyError(BackendUnavailableError, ImportError):

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from .threads import short_switch_interval
+
 __all__ = ["Pipeline"]
 
 _END = object()
@@ -29,13 +31,16 @@ class Pipeline:
     timed as the stage ``source_name``); every ``fn(item) -> iterable of items`` runs in its own
     thread (a generator function may hold items back and yield several at once); iterating the
     pipeline yields the last stage's items in the caller's thread. ``fn`` may instead be a pair
-    ``(fn, finish)``: ``finish() -> iterable`` is called after the last item (to flush)."""
+    ``(fn, finish)``: ``finish() -> iterable`` is called after the last item (to flush).
+    ``depths``: the size of some stages' output queues (by name), instead of ``depth``."""
 
-    def __init__(self, source: Iterable, stages: list, source_name: str = "decode", depth: int = 4):
+    def __init__(self, source: Iterable, stages: list, source_name: str = "decode", depth: int = 4,
+                 depths: dict[str, int] | None = None):
         self.seconds: dict[str, float] = {source_name: 0.0}
         self.seconds.update({name: 0.0 for name, _ in stages})
         self._stop = threading.Event()
-        self._queues = [queue.Queue(depth) for _ in range(len(stages) + 1)]
+        names = [source_name] + [name for name, _ in stages]
+        self._queues = [queue.Queue((depths or {}).get(name, depth)) for name in names]
         self._threads = [threading.Thread(target=self._source, args=(source, source_name, self._queues[0]),
                                           name=f"fgp-{source_name}", daemon=True)]
         for k, (name, fn) in enumerate(stages):
@@ -113,18 +118,19 @@ class Pipeline:
         if self._started:
             raise RuntimeError("a Pipeline runs once")
         self._started = True
-        for t in self._threads:
-            t.start()
-        try:
-            while True:
-                item = self._get(self._queues[-1])
-                if item is _END:
-                    return
-                if isinstance(item, _Failed):
-                    raise item.exc
-                yield item
-        finally:
-            self.close()
+        with short_switch_interval():  # stages hand the GIL over often (fgp_fast.threads)
+            for t in self._threads:
+                t.start()
+            try:
+                while True:
+                    item = self._get(self._queues[-1])
+                    if item is _END:
+                        return
+                    if isinstance(item, _Failed):
+                        raise item.exc
+                    yield item
+            finally:
+                self.close()
 
     def close(self) -> None:
         """Stop every stage and wait for the threads (bounded: a stage stuck in native code is

@@ -188,15 +188,16 @@ def test_animate_gives_the_renderer_the_drivers_gaze_and_mouth(small, driver, tm
 
     monkeypatch.setenv("FGP_FAST_CACHE", str(tmp_path / "cache"))
     calls = _spy(monkeypatch)
-    for run in ("tracked", "cached"):
+    for run in ("tracked", "cached"):  # rendered in-process: the spy sees no forked worker's calls
         calls.clear()
-        report = animate(small, driver, tmp_path / f"{run}.mp4", AnimateOptions(audio=False))
+        report = animate(small, driver, tmp_path / f"{run}.mp4", AnimateOptions(audio=False, render_process=False))
         assert report.cached == (run == "cached") and len(calls) == report.frames == 14
         mouths = [m for _, m in calls]
         assert all(isinstance(m, MouthSource) for m in mouths), run
         assert sum(g is not None for g, _ in calls) >= 10, run      # the irises move a little in any clip
     calls.clear()
-    animate(small, driver, tmp_path / "absolute.mp4", AnimateOptions(audio=False, mode="absolute"))
+    animate(small, driver, tmp_path / "absolute.mp4",
+            AnimateOptions(audio=False, mode="absolute", render_process=False))
     assert all(m is None for _, m in calls) and any(g is not None for g, _ in calls)
 
 

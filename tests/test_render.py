@@ -1,6 +1,7 @@
 """Renderers: textured mesh rendering and the learning-free warp renderer (small images, CPU)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as Fnn
@@ -347,3 +348,25 @@ def test_distance_to_mask_random(fn):
             # jump flooding may miss the true seed by a fraction of a pixel in rare pixels
             tol = 1e-4 if fn is distance_to_mask else 0.5
             assert (got[b] - brute).abs().max() <= tol, f"seed {seed}"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_outline_distance_is_the_distance_to_the_nearest_edge(seed):
+    """Against a per-point, per-edge loop in float64 on random polygons (a zero-length edge and
+    points on the outline included)."""
+    from fgp_fast.render.polygon import outline_distance
+
+    g = np.random.default_rng(seed)
+    poly = g.normal(size=(int(g.integers(3, 30)), 2)) * 20
+    poly[2] = poly[1]
+    pts = np.concatenate([g.normal(size=(200, 2)) * 30, poly[:3], 0.3 * poly[4:5] + 0.7 * poly[5:6]])
+    want = []
+    for p in pts:
+        best = np.inf
+        for a, b in zip(poly, np.roll(poly, -1, axis=0)):
+            ab = b - a
+            t = 0.0 if not ab.any() else min(max(np.dot(p - a, ab) / np.dot(ab, ab), 0.0), 1.0)
+            best = min(best, float(np.linalg.norm(a + t * ab - p)))
+        want.append(best)
+    got = outline_distance(pts, poly)
+    assert np.allclose(got, want, rtol=1e-9, atol=1e-9) and np.all(got[-4:] < 1e-9)

@@ -2,6 +2,7 @@
 unit tests on generated data, no MediaPipe."""
 import math
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -169,6 +170,24 @@ def test_pipeline_is_bounded_ordered_and_fails_cleanly():
     assert seen == [2 * i for i in range(50) if (2 * i) % 4 == 0]
     assert set(pipe.seconds) == {"decode", "double", "pairs"}
 
+    # A stage given a deeper output queue runs that much further ahead of a slow next stage.
+    made.clear()
+    ran = []
+
+    def slow(x):
+        time.sleep(0.002)
+        return [x]
+
+    def ahead(x):
+        ran.append(x)
+        return [x]
+
+    gaps = []
+    for x in Pipeline(source(), [("ahead", ahead), ("slow", slow)], depth=2, depths={"ahead": 20}):
+        gaps.append(len(ran) - x)
+    assert max(gaps) > 12 and len(made) == 50       # bounded by 20 + a few items in flight
+    assert max(gaps) <= 20 + 2 + 2
+
     def broken(x):
         if x == 7:
             raise ValueError("stage failed at 7")
@@ -177,3 +196,32 @@ def test_pipeline_is_bounded_ordered_and_fails_cleanly():
     with pytest.raises(ValueError, match="stage failed at 7"):
         list(Pipeline(iter(range(100)), [("broken", broken)]))
     assert not [t for t in threading.enumerate() if t.name.startswith("fgp-") and t.is_alive()]
+
+
+def test_pipeline_shortens_the_switch_interval_while_it_runs_and_restores_it():
+    import sys
+
+    from fgp_fast.threads import SWITCH_INTERVAL, short_switch_interval
+
+    before = sys.getswitchinterval()
+    seen = []
+    for x in Pipeline(iter(range(5)), [("look", lambda x: [(x, sys.getswitchinterval())])]):
+        seen.append(x[1])
+    assert seen == [min(SWITCH_INTERVAL, before)] * 5 and sys.getswitchinterval() == before
+    with pytest.raises(ValueError):  # a failing run restores it too
+        list(Pipeline(iter(range(5)), [("broken", lambda x: (_ for _ in ()).throw(ValueError("no")))]))
+    assert sys.getswitchinterval() == before
+    # Nested and overlapping users: the last one out restores the value the first one found.
+    try:
+        sys.setswitchinterval(0.004)
+        outer = short_switch_interval()
+        outer.__enter__()
+        with short_switch_interval():
+            assert sys.getswitchinterval() == SWITCH_INTERVAL
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
+        outer.__exit__(None, None, None)
+        assert sys.getswitchinterval() == 0.004
+        with short_switch_interval(0.01):  # never raised above the caller's own value
+            assert sys.getswitchinterval() == 0.004
+    finally:
+        sys.setswitchinterval(before)

@@ -55,6 +55,7 @@ class FrameMesh:
     triangles: np.ndarray
     dropped: int
     contours: np.ndarray | None = None
+    used: np.ndarray | None = None   # the points the triangles use, sorted (None: found from them)
 
 
 def _project(points: np.ndarray, K: np.ndarray, w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -302,14 +303,16 @@ class ControlMesh:
             vals += [0.5 * cot, 0.5 * cot]
         w = csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
         w.data = np.maximum(w.data, 1e-3)  # duplicates were summed: each edge holds both angles' share
-        self.weights = w
         self.degree = np.asarray(w.sum(1)).ravel()
         coo = w.tocoo()
         self.edges = (coo.row.astype(np.int64), coo.col.astype(np.int64))
+        self.edge_weights = coo.data
         still = np.zeros(n, bool)
         still[self.n_head + self.n_moving_ring:] = True
         self.still = still
         self.moving_triangles = ~still[tri].all(1)
+        self.moving = tri[self.moving_triangles]
+        self.moving_used = np.unique(self.moving)
 
     # ---------------------------------------------------------------------------- per frame
     def build(self, verts: Tensor, camera: Camera, b: int, depth_lr: np.ndarray, lr_scale: float) -> FrameMesh:
@@ -371,7 +374,7 @@ class ControlMesh:
             trust = trust * (1 - bad)
         freed = int((trust < 0.5).sum())
         contours = want[n_c:n_h].copy() if self.features is not None else None
-        return FrameMesh(pos, self.points_src, self.triangles[self.moving_triangles], freed, contours)
+        return FrameMesh(pos, self.points_src, self.moving, freed, contours, self.moving_used)
 
     def _badness(self, pos: np.ndarray) -> np.ndarray:
         """Per point, 0..1: how far its worst triangle is past STRETCH (fully at half the stretch or
@@ -392,18 +395,29 @@ class ControlMesh:
         """``motion`` (N, 2) smoothed where it is not trusted: fully trusted points keep theirs, the
         others minimise the cotangent-weighted Dirichlet energy plus a pull toward their own motion
         of strength degree * trust / (1 - trust) (0 when not trusted at all)."""
-        from scipy.sparse import diags
+        from scipy.sparse import csc_matrix
         from scipy.sparse.linalg import spsolve
 
-        f = np.flatnonzero(trust < 1)
+        free = trust < 1
+        f = np.flatnonzero(free)
         if len(f) == 0:
             return motion
-        k = np.flatnonzero(trust >= 1)
         pull = self.degree[f] * trust[f] / (1 - trust[f])
-        rows = self.weights[f]
-        lap = (diags(self.degree[f] + pull) - rows[:, f]).tocsc()
+        # Assembled from the edge list (slicing the sparse matrix per call cost more than the solve).
+        at = np.full(len(trust), -1)
+        at[f] = np.arange(len(f))
+        i, j = self.edges
+        mine = free[i]
+        i, j, w = i[mine], j[mine], self.edge_weights[mine]
+        inner = free[j]
+        rhs = pull[:, None] * motion[f]
+        np.add.at(rhs, at[i[~inner]], w[~inner, None] * motion[j[~inner]])  # the fixed neighbours' pull
+        diag = np.arange(len(f))
+        lap = csc_matrix((np.concatenate([-w[inner], self.degree[f] + pull]),
+                          (np.concatenate([at[i[inner]], diag]), np.concatenate([at[j[inner]], diag]))),
+                         shape=(len(f), len(f)))
         out = motion.copy()
-        out[f] = spsolve(lap, rows[:, k] @ motion[k] + pull[:, None] * motion[f]).reshape(-1, 2)
+        out[f] = spsolve(lap, rhs).reshape(-1, 2)
         return out
 
     @staticmethod
@@ -451,7 +465,7 @@ def rasterize_map(mesh: FrameMesh, base: Tensor, backend: str, still: Tensor | N
         moved = mesh.source - (origin + mesh.target * to_src)         # per-point displacement from base
         hc, wc = -(-H // step), -(-W // step)
         pts = mesh.target / step                                      # coarse pixel coordinates
-        used = np.unique(mesh.triangles)
+        used = mesh.used if mesh.used is not None else np.unique(mesh.triangles)
         lo = np.floor(pts[used].min(0)).clip(0, [wc, hc]).astype(int)
         hi = np.ceil(pts[used].max(0)).clip(0, [wc, hc]).astype(int)
         w, h = int(hi[0] - lo[0]), int(hi[1] - lo[1])

@@ -58,6 +58,9 @@ class ServerConfig:
                                      # the stages are many small ops, so one thread each and the two
                                      # stages side by side beat two threads fighting over each op
     diffusion: object = None         # a DiffusionRenderer, or None for the warp renderer
+    render_processes: int | None = None  # forked processes rendering the default portrait (render_worker);
+                                     # None: render_worker.WORKERS with the warp renderer where forking
+                                     # is safe, 0: none
 
 
 class LatestSlot:
@@ -91,9 +94,24 @@ class _Server:
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="fgp-stream")
         self.sessions = 0
         self.portrait = None  # the bundled astronaut, built once and shared read-only
+        self.render_pool = None  # forked workers rendering it (render_worker.WorkerPool), or None
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def fork_renderers(self):
+        """The render workers of the default portrait (None when off, or not safe here)."""
+        from functools import partial
+
+        from ..render.renderer import WarpPortraitRenderer
+        from ..render_worker import WORKERS, WorkerPool, can_fork_renderer
+        from .session import render_remote
+
+        n = self.config.render_processes
+        if n is None:
+            warp = isinstance(self.portrait.renderer, WarpPortraitRenderer)
+            n = WORKERS if warp and can_fork_renderer([self.portrait]) else 0
+        return WorkerPool(partial(render_remote, self.portrait), n) if n > 0 else None
 
     def default_portrait(self):
         from ..portrait import Portrait
@@ -106,6 +124,8 @@ class _Server:
 def create_app(config: ServerConfig):
     from contextlib import asynccontextmanager
 
+    from ..threads import short_switch_interval
+
     state = _Server(config)
 
     @asynccontextmanager
@@ -116,9 +136,13 @@ def create_app(config: ServerConfig):
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         try:
-            state.portrait = await state.run(state.default_portrait)
-            yield
+            with short_switch_interval():  # sessions' threads hand the GIL over often (fgp_fast.threads)
+                state.portrait = await state.run(state.default_portrait)
+                state.render_pool = state.fork_renderers()  # here, while no session thread is busy
+                yield
         finally:
+            if state.render_pool is not None:
+                state.render_pool.close()
             state.pool.shutdown(wait=False, cancel_futures=True)
             torch.set_num_threads(threads)  # an in-process server (tests) leaves the process as it was
 
@@ -180,7 +204,8 @@ class _Connection:
         from .session import Session
 
         state, config = self.state, self.state.config
-        self.session = await state.run(Session, state.portrait, config.mode, config.max_side, config.max_pixels)
+        self.session = await state.run(Session, state.portrait, config.mode, config.max_side, config.max_pixels,
+                                       state.render_pool)
         loops = [asyncio.create_task(self._track_loop()), asyncio.create_task(self._render_loop())]
         try:
             await self.send(json.dumps(self.session.ready(self._renderer())))

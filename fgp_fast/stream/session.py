@@ -2,22 +2,27 @@
 
 A frame goes through two stages that run in worker threads: ``track`` (decode, landmarks, fit, the
 driver's gaze and mouth) and ``render`` (drive, edit, render, encode; ``motion.details``, as
-offline). The server runs them as a two-step pipeline, so frame N+1 is tracked while frame N renders. Nothing here queues frames: the server hands each stage the
+offline). The server runs them as a two-step pipeline, so frame N+1 is tracked while frame N
+renders; with the server's render workers the render stage of the default portrait runs in a
+forked process (``render_remote``). Nothing here queues frames: the server hands each stage the
 latest input only.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, WorkerError
 from ..motion import ANGLES, Edit, Motion, apply_edits, drive, edits_from_mapping
 from ..motion.details import driver_mouth, render_driven
 from .protocol import MAX_PIXELS, MAX_SIDE, ProtocolError, decode_image, encode_image
 
-__all__ = ["Session"]
+__all__ = ["Session", "render_remote"]
+
+log = logging.getLogger(__name__)
 
 LANDMARKER_MAX_SIDE = 32766  # MediaPipe's OpenCV remap aborts the whole process at SHRT_MAX (32767)
 
@@ -25,7 +30,8 @@ LANDMARKER_MAX_SIDE = 32766  # MediaPipe's OpenCV remap aborts the whole process
 class Session:
     """One client's source, tracker and edits. ``track`` and ``render`` may run concurrently."""
 
-    def __init__(self, portrait, mode: str = "relative", max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS):
+    def __init__(self, portrait, mode: str = "relative", max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS,
+                 render_pool=None):
         from ..landmarks import FaceLandmarker
         from ..motion.robust import MotionLimits
         from .tracker import DriverTracker
@@ -40,6 +46,9 @@ class Session:
         self.tracker = DriverTracker(portrait.head, self._landmarker)
         self._reset = False
         self._track_lock = threading.Lock()   # close() must not free MediaPipe under a running track()
+        # Forked workers that render ``portrait`` (render_worker.WorkerPool of render_remote), or None;
+        # used while the session keeps that portrait.
+        self.render_pool, self._pooled = render_pool, portrait
 
     # ----------------------------------------------------------------- control (event-loop thread)
     def set_edits(self, edits) -> None:
@@ -94,10 +103,16 @@ class Session:
             motion = Motion(motion.rotation[1:], motion.expression[1:])
             motion = self.limits.apply(motion, source, portrait.head.expression_names)
         motion = apply_edits(motion, self.edits, portrait.head.expression_names)
-        image = render_driven(portrait, motion, gaze, 1.0, self.mode == "absolute", mouth)
-        t1 = time.perf_counter()
-        data = encode_image(image, self.format, self.quality)
-        return data, {"render": _ms(t1 - t0), "encode": _ms(time.perf_counter() - t1)}
+        job = (motion, gaze, self.mode == "absolute", mouth, self.format, self.quality)
+        done = None
+        if self.render_pool is not None and portrait is self._pooled:
+            try:
+                done = self.render_pool.call(job)
+            except WorkerError as exc:
+                log.warning("render workers failed (%s): rendering in the server process from now on", exc)
+                self.render_pool = None
+        data, _, encode_s = done if done is not None else render_remote(portrait, job)
+        return data, {"render": _ms(time.perf_counter() - t0 - encode_s), "encode": _ms(encode_s)}
 
     def set_source(self, data: bytes, size: int, diffusion=None) -> None:
         """A new portrait from image bytes (seconds: landmarks and a full fit)."""
@@ -130,6 +145,17 @@ class Session:
                 self._landmarker.close()
                 self._landmarker = None
                 trim_heap()
+
+
+def render_remote(portrait, job) -> tuple[bytes, float, float]:
+    """Render and encode one frame of ``portrait`` (what a render worker runs): ``job`` is (motion,
+    gaze, absolute, mouth, format, quality); returns (bytes, render seconds, encode seconds)."""
+    motion, gaze, absolute, mouth, fmt, quality = job
+    t0 = time.perf_counter()
+    image = render_driven(portrait, motion, gaze, 1.0, absolute, mouth)
+    t1 = time.perf_counter()
+    data = encode_image(image, fmt, quality)
+    return data, t1 - t0, time.perf_counter() - t1
 
 
 def trim_heap() -> None:
