@@ -52,7 +52,7 @@ OPTIONS = dict(size=SIZE, min_frames=4, fit_steps=30)
 def serial(videos, tmp_path_factory):
     out = tmp_path_factory.mktemp("serial")
     report = prepare(videos, out, log=lambda s: None, **OPTIONS)
-    assert len(report.prepared) == GOOD and len(report.skipped) == 2
+    assert len(report.prepared) == GOOD and len(report.skipped) == 2, report.skipped
     return out
 
 
@@ -84,7 +84,7 @@ def test_manifest_names_in_video_order(serial, videos):
 
 def test_two_workers_equal_one(serial, videos, tmp_path):
     report = prepare(videos, tmp_path, workers=2, log=lambda s: None, **OPTIONS)
-    assert len(report.prepared) == GOOD and len(report.skipped) == 2
+    assert len(report.prepared) == GOOD and len(report.skipped) == 2, report.skipped
     _same_dataset(serial, tmp_path)
 
 
@@ -95,7 +95,7 @@ def test_ray_engine_equals_local(serial, videos, tmp_path):
         report = prepare(videos, tmp_path, engine="ray", log=lambda s: None, **OPTIONS)
     finally:
         ray.shutdown()
-    assert len(report.prepared) == GOOD and len(report.skipped) == 2
+    assert len(report.prepared) == GOOD and len(report.skipped) == 2, report.skipped
     _same_dataset(serial, tmp_path)
 
 

@@ -109,3 +109,20 @@ def test_shape_errors():
         axis_angle_to_matrix(torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"3, 3"):
         matrix_to_axis_angle(torch.zeros(2, 3, 4))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
+def test_axis_angle_jacobian_matches_autograd(dtype, tol):
+    from fgp_fast.heads.rotation import axis_angle_to_matrix_jacobian
+
+    cases = np.concatenate([_random_axis_angle(20, seed=3), _random_axis_angle(5, max_angle=1e-4, seed=4),
+                            _near_pi(5), np.zeros((1, 3))])
+    w = torch.tensor(cases, dtype=dtype)
+    fast = axis_angle_to_matrix_jacobian(w)
+    assert fast.shape == (len(w), 3, 3, 3) and fast.dtype == dtype
+    ref = torch.stack([torch.autograd.functional.jacobian(axis_angle_to_matrix, x.double()) for x in w])
+    assert torch.allclose(fast.double(), ref, atol=tol, rtol=0), float((fast.double() - ref).abs().max())
+    batched = axis_angle_to_matrix_jacobian(w.reshape(-1, 1, 3))
+    assert torch.equal(batched[:, 0], fast)
+    with pytest.raises(Exception, match="shape"):
+        axis_angle_to_matrix_jacobian(w[:, :2])

@@ -6,10 +6,11 @@ from importlib import resources
 import numpy as np
 import torch
 
-from ..heads import HeadModel
+from ..heads import NECK, HeadModel
+from ..heads.rotation import axis_angle_to_matrix, axis_angle_to_matrix_jacobian
 from ..errors import InputError
 
-__all__ = ["LandmarkModel", "load_embedding", "embedding_path", "fit_weights"]
+__all__ = ["LandmarkModel", "NeckLandmarks", "load_embedding", "embedding_path", "fit_weights"]
 
 N_MESH = 468  # 468..477 are the irises: ICT eyeballs do not gaze, so the fitter ignores them
 
@@ -81,3 +82,91 @@ class LandmarkModel(HeadModel):
     def points(self, params) -> torch.Tensor:
         """HeadParams -> (B, L, 3) landmark positions in metres."""
         return self.landmarks(self(params))
+
+
+class NeckLandmarks:
+    """The landmarks of ``model`` (a :class:`LandmarkModel`) when the neck is the only joint that
+    turns, in closed form: what the fitter evaluates hundreds of times per fit.
+
+    With the root at rest and a neck rotation R about the neck joint J, skinning moves a vertex v
+    to v + s (R - I)(v - J), s its weight on the neck and the joints below it. A landmark is a
+    barycentric mix of vertices, v and J are affine in (shape, expression), so every landmark is
+    P + (R - I) D + t with P (the rest landmark) and D (its weighted offset from J) affine in the
+    coefficients: two matmuls instead of blendshapes, skinning and the barycentric gather. The
+    bases are mixed in float64 from the model's own; :meth:`available` is False for a model with
+    pose blendshapes (FLAME's), where a neck rotation also changes the rest shape.
+    """
+
+    def __init__(self, model: LandmarkModel):
+        f = {k: v.double().cpu() for k, v in model._float.items()}  # noqa: SLF001 -- the bases as stored
+        self.available = "posedirs" not in f and model.n_joints >= 2 and model.parents[1] == 0 \
+            and model.landmark_faces is not None
+        if not self.available:
+            return
+        neck = NECK.start // 3
+        below = [neck]  # the neck and every joint under it turn with it (they are at rest themselves)
+        for j, p in enumerate(model.parents):
+            if p in below and j not in below:
+                below.append(j)
+        V = model.num_vertices
+        s = f["skinning_weights"][:, below].sum(1)                          # (V,)
+        corners = model.faces[model.landmark_faces].cpu()                   # (L, 3)
+        bary = f["landmark_bary"]                                           # (L, 3)
+        # Per-vertex affine quantities as (V, 3, 1 + S + E): template, then each basis vector.
+        X = torch.cat([f["v_template"][..., None], f["shapedirs"].T.reshape(V, 3, -1),
+                       f["exprdirs"].T.reshape(V, 3, -1)], -1)
+        P = (bary[..., None, None] * X[corners]).sum(1)                     # (L, 3, C)
+        Q = (bary[..., None, None] * (s[:, None, None] * X)[corners]).sum(1)
+        sigma = (bary * s[corners]).sum(1)                                  # (L,)
+        joint = torch.einsum("v,vdc->dc", f["joint_regressor"][neck], X)   # (3, C)
+        D = Q - sigma[:, None, None] * joint
+        self._bases = {k: A.permute(2, 0, 1).reshape(A.shape[-1], -1) for k, A in (("P", P), ("D", D))}  # (C, L * 3)
+        self._split = (1, 1 + model.n_shape)
+        self._cache: dict = {}
+
+    def _buf(self, like: torch.Tensor) -> dict:
+        """The bases in ``like``'s device and dtype, each as (template, shape, expression) rows."""
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            i, j = self._split
+            moved = {k: v.to(device=like.device, dtype=like.dtype) for k, v in self._bases.items()}
+            self._cache[key] = {k: (v[:i], v[i:j], v[j:]) for k, v in moved.items()}
+        return self._cache[key]
+
+    def points(self, shape: torch.Tensor, expression: torch.Tensor, rotation: torch.Tensor,
+               translation: torch.Tensor) -> torch.Tensor:
+        """shape (1 or B, S), expression (B, E), rotation (B, 3) neck axis-angle, translation (B, 3)
+        -> (B, L, 3) landmarks in metres (as ``model.points`` with that pose)."""
+        if not self.available:
+            raise InputError("this head model has pose blendshapes: no closed-form neck landmarks")
+        B = expression.shape[0]
+        b = self._buf(expression)
+
+        def affine(k):  # (1 or B, L, 3)
+            t0, ts, te = b[k]
+            return (t0 + shape @ ts + expression @ te).reshape(-1, t0.shape[1] // 3, 3)
+
+        rest, dev = affine("P"), affine("D")
+        turn = axis_angle_to_matrix(rotation) - torch.eye(3, dtype=rotation.dtype, device=rotation.device)
+        out = rest.expand(B, -1, -1) + dev.expand(B, -1, -1) @ turn.transpose(1, 2)
+        return out + translation[:, None, :]
+
+    def jacobian(self, shape: torch.Tensor, expression: torch.Tensor, rotation: torch.Tensor):
+        """The derivatives of :meth:`points` (same arguments but translation, whose derivative is
+        the identity): d/d(shape, expression) as (B, L, 3, S + E), and d/drotation as (B, L, 3, 3).
+
+        The coefficients enter affinely, so their derivatives are the bases themselves, with the
+        offset part turned by R - I; only R(rotation) needs differentiating."""
+        if not self.available:
+            raise InputError("this head model has pose blendshapes: no closed-form neck landmarks")
+        B = expression.shape[0]
+        b = self._buf(expression)
+        L = b["P"][0].shape[1] // 3
+        basis = {k: torch.cat([b[k][1], b[k][2]]).reshape(-1, L, 3) for k in ("P", "D")}  # (S + E, L, 3)
+        eye = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
+        turn = axis_angle_to_matrix(rotation) - eye                                       # (B, 3, 3)
+        coeff = basis["P"] + torch.einsum("bij,clj->bcli", turn, basis["D"])            # (B, S + E, L, 3)
+        t0, ts, te = b["D"]
+        dev = (t0 + shape @ ts + expression @ te).reshape(-1, L, 3).expand(B, -1, -1)   # (B, L, 3)
+        dR = axis_angle_to_matrix_jacobian(rotation)                                      # (B, 3, 3, 3)
+        return coeff.permute(0, 2, 3, 1), torch.einsum("bijk,blj->blik", dR, dev)

@@ -1,4 +1,5 @@
-"""Batched landmark fitting by L-BFGS with priors (MAP), warm starts and temporal smoothing.
+"""Batched landmark fitting with priors (MAP), warm starts and temporal smoothing: the identity by
+Levenberg-Marquardt on a few frames (:mod:`.joint_lm`), the frames' poses by L-BFGS in chunks.
 
 Energy per frame, in units of the face size s (pixel extent of the observed landmarks):
     sum_l w_l |proj(x_l) - y_l|^2 / (sigma s)^2          sigma: landmark noise, a fraction of s
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 from ..heads import HeadModel, HeadParams
-from .embedding import LandmarkModel, fit_weights, load_embedding
+from .embedding import LandmarkModel, NeckLandmarks, fit_weights, load_embedding
+from .joint_lm import joint_least_squares
 from .result import NECK, FitResult
 from ..errors import InputError
 
@@ -28,9 +30,12 @@ __all__ = ["FitSettings", "Fitter", "fit_image", "fit_sequence"]
 class FitSettings:
     focal: float | None = None    # pixels; None fits it, starting from `fov_deg`
     fov_deg: float = 30.0         # prior field of view across the longer image side
-    rigid_steps: int = 60         # pose and translation only, from the warm start
-    steps: int = 200              # everything
-    restarts: int = 3             # L-BFGS runs of the identity fit, each with a fresh history
+    rigid_steps: int = 60         # L-BFGS steps of tracking: pose and translation only, from the warm start
+    steps: int = 200              # ... then pose, translation and expression
+    # Levenberg-Marquardt iterations of the identity fit, rigid then joint. Few on purpose: its
+    # energy keeps falling slowly along a valley where the focal shrinks (the focal is weakly
+    # determined by landmarks), and stopping early keeps it near the prior.
+    identity_iterations: int = 10
     identity_frames: int = 8      # frames of a video used to fit the identity
     chunk: int = 64               # frames optimised together while tracking
     sigma: float = 0.006          # landmark noise, fraction of the face size
@@ -59,6 +64,7 @@ class Fitter:
         self.head, self.settings = head, settings
         faces, bary = load_embedding(settings.embedding or None)
         self.model = LandmarkModel(head, faces, bary)
+        self.neck = NeckLandmarks(self.model)  # the same points in closed form (when the model allows)
         self.weights = fit_weights(len(faces))
 
     def prior_focal(self, height: int, width: int) -> float:
@@ -67,15 +73,20 @@ class Fitter:
 
     # ------------------------------------------------------------------ the energy
     def _project(self, state: dict, T: int, height: int, width: int) -> torch.Tensor:
-        shape = state["shape"].expand(T, -1)
-        pose = torch.zeros(T, 3 * self.model.n_joints)
-        pose = torch.cat([pose[:, :NECK.start], state["rotation"], pose[:, NECK.stop:]], 1)
-        params = HeadParams(shape, state["expression"].clamp(0.0, 1.0), pose, state["translation"],
-                            self.model.expression_names)
-        x = self.model.points(params)                                 # (T, L, 3), head space
+        x = self._points(state["shape"], state["expression"].clamp(0.0, 1.0), state["rotation"],
+                         state["translation"], T)                      # (T, L, 3), head space
         f = state["log_focal"].exp()
         z = (-x[..., 2]).clamp(min=1e-3)                              # camera depth
         return torch.stack([f * x[..., 0] / z + width / 2, f * -x[..., 1] / z + height / 2], -1)
+
+    def _points(self, shape, expression, rotation, translation, T: int) -> torch.Tensor:
+        """(T, L, 3) landmarks with only the neck turned."""
+        if self.neck.available:
+            return self.neck.points(shape, expression, rotation, translation)
+        pose = torch.zeros(T, 3 * self.model.n_joints)
+        pose = torch.cat([pose[:, :NECK.start], rotation, pose[:, NECK.stop:]], 1)
+        return self.model.points(HeadParams.unchecked(shape.expand(T, -1), expression, pose, translation,
+                                                      self.model.expression_names))
 
     def _residual(self, state, obs, scale, size):
         """(T, L, 2) reprojection residuals in units of the landmark noise, times sqrt(weight)."""
@@ -128,8 +139,7 @@ class Fitter:
         log_focal = torch.tensor([math.log(self.prior_focal(H, W))]) if log_focal is None else log_focal
         f = float(log_focal.exp())
         shape = torch.zeros(1, S) if shape is None else shape
-        x = self.model.points(HeadParams(shape, torch.zeros(1, E), torch.zeros(1, 3 * self.model.n_joints),
-                                         torch.zeros(1, 3), self.model.expression_names))[0]
+        x = self._points(shape, torch.zeros(1, E), torch.zeros(1, 3), torch.zeros(1, 3), 1)[0]
         w = self.weights > 0
         x = x[w]
         spread_m = (x[:, :2] - x[:, :2].mean(0)).norm(dim=-1).mean()
@@ -203,8 +213,12 @@ class Fitter:
                 "expression": torch.from_numpy(fit.expression[frame:frame + 1]),
                 "translation": torch.from_numpy(fit.translation[frame:frame + 1])}
 
-    def fit(self, obs: np.ndarray, height: int, width: int, tracked=None, progress=None) -> FitResult:
-        """Fit (T, L, 2) pixel landmarks; frames where ``tracked`` is False are skipped (NaN outputs)."""
+    def fit(self, obs: np.ndarray, height: int, width: int, tracked=None, progress=None,
+            identity_only: bool = False) -> FitResult:
+        """Fit (T, L, 2) pixel landmarks; frames where ``tracked`` is False are skipped (NaN outputs).
+
+        ``identity_only`` fits the identity on every tracked frame and returns the joint fit's own
+        poses, without the smoothed tracking pass (for a few frames, as the live tracker needs)."""
         obs_all = torch.as_tensor(np.asarray(obs, np.float32))
         T = obs_all.shape[0]
         tracked = np.ones(T, bool) if tracked is None else np.asarray(tracked, bool)
@@ -217,24 +231,26 @@ class Fitter:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # hundreds of tiny ops per step: threading costs more than it gives
         try:
-            return self._fit(obs, size, tracked, progress)
+            return self._fit(obs, size, tracked, progress, identity_only)
         finally:
             torch.set_num_threads(threads)
 
-    def _fit(self, obs, size, tracked, progress) -> FitResult:
+    def _fit(self, obs, size, tracked, progress, identity_only) -> FitResult:
         s = self.settings
         height, width = size
         with torch.enable_grad():
             # Identity (and focal) from a few frames spread over the sequence.
-            pick = np.unique(np.linspace(0, len(obs) - 1, min(s.identity_frames, len(obs))).round().astype(int))
+            n = len(obs) if identity_only else min(s.identity_frames, len(obs))
+            pick = np.unique(np.linspace(0, len(obs) - 1, n).round().astype(int))
             state = self._initial(obs[pick], size)
             free_focal = [] if s.focal else ["log_focal"]
-            state = self._optimise(state, obs[pick], size, ["rotation", "translation"] + free_focal, s.rigid_steps)
-            for _ in range(s.restarts):  # a fresh L-BFGS history escapes its slow crawl
-                state = self._optimise(state, obs[pick], size, ["rotation", "translation", "expression", "shape"]
-                                       + free_focal, s.steps)
+            rigid = ["rotation", "translation"] + free_focal
+            scale = _face_size(obs[pick])
+            state = joint_least_squares(self, state, obs[pick], scale, size, rigid, s.identity_iterations)
+            state = joint_least_squares(self, state, obs[pick], scale, size, rigid + ["expression", "shape"],
+                                        s.identity_iterations)
             shape, log_focal = state["shape"], state["log_focal"]
-            if len(obs) == 1:
+            if len(obs) == 1 or identity_only:
                 chunks = [state]
             else:
                 # Frames either side of a lost stretch count as neighbours here; fill_gaps fills it later.

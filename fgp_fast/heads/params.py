@@ -84,6 +84,16 @@ class HeadParams:
             object.__setattr__(self, "expression_names", names)
 
     @classmethod
+    def unchecked(cls, shape, expression, pose, translation, expression_names=None) -> HeadParams:
+        """Parameters built by code that has validated its inputs already, without the checks (they
+        read values, which torch.func transforms such as the fitter's Jacobians cannot)."""
+        params = object.__new__(cls)
+        for name, value in zip(_TENSOR_FIELDS + ("expression_names",),
+                               (shape, expression, pose, translation, expression_names)):
+            object.__setattr__(params, name, value)
+        return params
+
+    @classmethod
     def zeros(
         cls,
         batch: int,

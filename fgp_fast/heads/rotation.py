@@ -17,6 +17,7 @@ from ..errors import InputError
 
 __all__ = [
     "axis_angle_to_matrix",
+    "axis_angle_to_matrix_jacobian",
     "matrix_to_axis_angle",
     "euler_to_matrix",
     "matrix_to_euler",
@@ -50,6 +51,37 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     k = _skew(axis_angle)
     eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device)
     return eye + a[..., None, None] * k + b[..., None, None] * (k @ k)
+
+
+def axis_angle_to_matrix_jacobian(axis_angle: torch.Tensor) -> torch.Tensor:
+    """(..., 3) axis * angle -> (..., 3, 3, 3) derivatives dR[i, j] / d axis_angle[k] of
+    :func:`axis_angle_to_matrix`, in closed form (the fitter's Gauss-Newton steps need them).
+
+    R = I + a K + b K^2 with K = skew(w), a = sin t / t, b = (1 - cos t) / t^2, t = |w|, so
+    dR/dw_k = a'_k K + a E_k + b'_k K^2 + b (E_k K + K E_k), E_k = skew(e_k), where
+    a'_k = (t cos t - sin t) / t^3 w_k and b'_k = (t sin t - 2 (1 - cos t)) / t^4 w_k (their
+    series near 0).
+    """
+    if axis_angle.shape[-1] != 3:
+        raise InputError(f"axis_angle must have shape (..., 3), got {tuple(axis_angle.shape)}")
+    w = axis_angle
+    theta2 = (w * w).sum(-1)
+    small = theta2 < _SMALL_ANGLE**2
+    t = torch.where(small, torch.ones_like(theta2), theta2).sqrt()
+    sin, cos = torch.sin(t), torch.cos(t)
+    a = torch.where(small, 1 - theta2 / 6, sin / t)
+    b = torch.where(small, 0.5 - theta2 / 24, 0.5 * (torch.sin(0.5 * t) / (0.5 * t)) ** 2)
+    da = torch.where(small, -1 / 3 + theta2 / 30, (t * cos - sin) / t**3)
+    db = torch.where(small, -1 / 12 + theta2 / 180, (t * sin - 2 * (1 - cos)) / t**4)
+    K = _skew(w)
+    E = _skew(torch.eye(3, dtype=w.dtype, device=w.device))              # (3, 3, 3): E[k] = skew(e_k)
+    KK = K @ K
+    EK = E @ K[..., None, :, :] + K[..., None, :, :] @ E                  # (..., 3 [k], 3, 3)
+    out = (da[..., None, None, None] * w[..., :, None, None] * K[..., None, :, :]
+           + a[..., None, None, None] * E
+           + db[..., None, None, None] * w[..., :, None, None] * KK[..., None, :, :]
+           + b[..., None, None, None] * EK)                                # (..., k, i, j)
+    return out.movedim(-3, -1)
 
 
 def _matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
