@@ -68,7 +68,8 @@ def _nvdisasm() -> str:
 
 def _regions(path: str) -> dict[int, str]:
     """Source line -> event of csrc/bvh.h or flow_core.h: inside the traced functions, the event of
-    the last FGP_TRACE marker at or before the line (lines before the first marker: 'sample')."""
+    the last FGP_TRACE marker (or pop_within<kTraceX> call) at or before the line (lines before the
+    first marker: 'sample'). Untraced helpers (pop_within) map to nothing: their caller's line decides."""
     lines = open(path).read().splitlines()
     out = {}
     funcs = {"bvh_search": None, "bvh_resolve_lost": None, "offer_tri": None, "offer_face": "seed",
@@ -83,9 +84,10 @@ def _regions(path: str) -> dict[int, str]:
             fixed, region = funcs[m.group(1)], "sample" if m.group(1) != "flow_pixel" else "pixel"
             j = i
             while j < len(lines) and lines[j] != "}":
-                mk = re.search(r"FGP_TRACE\(kTrace(\w+)\)", lines[j])
+                # a marker, or a call of pop_within<kTraceX> (the helper's lines belong to its caller)
+                mk = re.search(r"FGP_TRACE\(kTrace(\w+)\)|pop_within<kTrace(\w+)>", lines[j])
                 if mk and fixed is None:
-                    region = mk.group(1).lower()
+                    region = (mk.group(1) or mk.group(2)).lower()
                     if m.group(1) == "bvh_resolve_lost" and region != "resolve":
                         region = "resolve_" + region   # its own copy of a test: costed by the main one
                     if m.group(1) == "offer_shortlist" and region not in ("list", "listplane"):

@@ -155,6 +155,22 @@ FGP_HD float node_dist2(const BVHNode* __restrict__ nodes, int k, Vec3 p) {
   return box_dist2(p, lo, hi);
 }
 
+// Pop the most recent stack entry whose box distance is still within bound2 into node (stale
+// entries are dropped without reloading their boxes); false when none is left. Both traversals
+// pop this way; Event names the counter the cost model charges.
+template <int Event>
+FGP_HD bool pop_within(const int* stack_node, const float* stack_d2, int& sp, float bound2, int& node) {
+  while (sp > 0) {
+    FGP_TRACE(Event);
+    --sp;
+    if (stack_d2[sp] <= bound2) {
+      node = stack_node[sp];
+      return true;
+    }
+  }
+  return false;
+}
+
 // Offer leaf-ordered triangle k as a candidate. The exact test (Ericson's regions, several
 // divisions) is skipped when the triangle's own box, padded like the leaf boxes so it stays a
 // lower bound of the computed distance, is already beyond the tie bound: for far samples most
@@ -213,17 +229,7 @@ FGP_HD void bvh_search(const BVHNode* __restrict__ nodes, const float* __restric
       for (int k = ~li; k < ui; ++k) offer_tri(tris, k, p, hit);
     }
     // Pop the next entry still able to reach the tie bound.
-    bool found = false;
-    while (sp > 0) {
-      FGP_TRACE(kTracePop);
-      --sp;
-      if (stack_d2[sp] <= hit.bound2) {
-        node = stack_node[sp];
-        found = true;
-        break;
-      }
-    }
-    if (!found) return;
+    if (!pop_within<kTracePop>(stack_node, stack_d2, sp, hit.bound2, node)) return;
   }
 }
 
@@ -490,17 +496,7 @@ FGP_HD int bvh_shortlist(const BVHNode* __restrict__ nodes, const float* __restr
       leaf = li < 0;
     }
     if (leaf && !shortlist_leaf(tris, pend, ~li, ui, lo, hi, far2, reach2, list, count, cap)) return -1;
-    bool found = false;
-    while (sp > 0) {
-      FGP_TRACE(kTraceTilePop);
-      --sp;
-      if (stack_d2[sp] <= reach2) {
-        node = stack_node[sp];
-        found = true;
-        break;
-      }
-    }
-    if (!found) break;
+    if (!pop_within<kTraceTilePop>(stack_node, stack_d2, sp, reach2, node)) break;
   }
   if (pend.leaves > 0 && !shortlist_step(tris, pend, lo, hi, far2, reach2, list, count, cap)) return -1;
   return shortlist_filter(list, count, reach2);
