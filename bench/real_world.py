@@ -48,9 +48,14 @@ class _TearMeter:
 
     paints_mouth = True  # it passes mouth_source on to the warp renderer
 
-    def __init__(self, inner):
-        self.inner, self.tears, self.frames = inner, [], 0
+    def __init__(self, inner, log: Path):
+        # animate renders in forked worker processes: each appends its frames' values to ``log``
+        # (one short O_APPEND write per value), so the parent sees them all
+        self.inner, self.log, self.frames = inner, log, 0
         self.device, self.size_multiple = inner.device, inner.size_multiple
+
+    def tears(self) -> list[float]:
+        return [float(x) for x in self.log.read_text().split()] if self.log.exists() else []
 
     def set_source(self, *args):
         self.inner.set_source(*args)
@@ -63,7 +68,8 @@ class _TearMeter:
             except ImportError:  # the warp renderer's metrics module is not there
                 pass
             else:
-                self.tears.append(tear_fraction(result.backward_map))
+                with open(self.log, "a") as f:
+                    f.write(f"{tear_fraction(result.backward_map)!r}\n")
         self.frames += 1
         return result.image
 
@@ -77,14 +83,16 @@ def child(spec: dict) -> None:
 
     t0 = time.perf_counter()
     image = load_image(spec["source"])
-    meter = _TearMeter(WarpPortraitRenderer(load_head_model("ict").faces))
+    log = Path(spec["out"] + ".tears")
+    log.unlink(missing_ok=True)
+    meter = _TearMeter(WarpPortraitRenderer(load_head_model("ict").faces), log)
     portrait = Portrait(image, spec["source"], renderer=meter, size=spec["size"])
     setup = time.perf_counter() - t0
     options = AnimateOptions(reference_frame=spec.get("reference_frame"), cache=False, audio=True)
     report = animate(portrait, spec["driver"], spec["out"], options)
     print(json.dumps({"frames": report.frames, "seconds": report.seconds, "setup": setup, "stages": report.stages,
                       "states": dict(report.states), "cuts": dict(report.cuts), "audio": report.audio,
-                      "source_error": float(portrait.fit.error_px[0]), "tears": meter.tears,
+                      "source_error": float(portrait.fit.error_px[0]), "tears": meter.tears(),
                       "peak_rss_mb": peak_rss_mb()}))
 
 
