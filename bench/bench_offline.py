@@ -42,25 +42,26 @@ def peak_rss_mb() -> float:
     mb = own()
     return mb if mb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-def make_driver(path: Path, frames: int, width: int, height: int, fps: float = 25.0) -> None:
-    """``frames`` of the astronaut loop on a grey canvas, drifting slowly; with a tone."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from clips import write_clip
-
+def driver_frames(frames: int, width: int, height: int, fps: float = 25.0):
+    """``frames`` (height, width, 3) uint8 frames: the astronaut loop on a grey canvas, drifting slowly."""
     from fgp_fast.samples import driver_clip
 
     side = min(height, width) * 3 // 5
     loop = driver_clip(side, frames=50, fps=fps)
+    for i in range(frames):
+        img = np.full((height, width, 3), 96, np.uint8)
+        x = int((width - side) * (0.5 + 0.3 * np.sin(2 * np.pi * i / 400)))
+        y = (height - side) // 2
+        img[y:y + side, x:x + side] = loop[i % len(loop)]
+        yield img
 
-    def canvas():
-        for i in range(frames):
-            img = np.full((height, width, 3), 96, np.uint8)
-            x = int((width - side) * (0.5 + 0.3 * np.sin(2 * np.pi * i / 400)))
-            y = (height - side) // 2
-            img[y:y + side, x:x + side] = loop[i % len(loop)]
-            yield img
 
-    write_clip(path, canvas(), fps, tone=440.0)
+def make_driver(path: Path, frames: int, width: int, height: int, fps: float = 25.0) -> None:
+    """:func:`driver_frames` written to ``path``, with a tone."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from clips import write_clip
+
+    write_clip(path, driver_frames(frames, width, height, fps), fps, tone=440.0)
 
 
 def child(args) -> None:

@@ -20,20 +20,12 @@ import torch
 
 
 def driver_landmarks(frames: int, width: int = 1280, height: int = 720) -> list:
-    from fgp_fast.landmarks import FaceLandmarker
-    from fgp_fast.samples import driver_clip
+    from bench_offline import driver_frames  # this folder is on sys.path when run as a script
 
-    side = min(height, width) * 3 // 5
-    loop = driver_clip(side, frames=50, fps=25.0)
-    out = []
+    from fgp_fast.landmarks import FaceLandmarker
+
     with FaceLandmarker(video=True) as lm:
-        for i in range(frames):
-            img = np.full((height, width, 3), 96, np.uint8)
-            x = int((width - side) * (0.5 + 0.3 * np.sin(2 * np.pi * i / 400)))
-            y = (height - side) // 2
-            img[y:y + side, x:x + side] = loop[i % len(loop)]
-            out.append(lm.face(img))
-    return out
+        return [lm.face(img) for img in driver_frames(frames, width, height)]
 
 
 def main() -> None:

@@ -125,13 +125,23 @@ class NeckLandmarks:
         self._cache: dict = {}
 
     def _buf(self, like: torch.Tensor) -> dict:
-        """The bases in ``like``'s device and dtype, each as (template, shape, expression) rows."""
+        """The bases in ``like``'s device and dtype, each as (template, shape, expression) rows
+        ("P", "D"), and their coefficient rows as (S + E, L, 3) ("dP", "dD")."""
         key = (like.device, like.dtype)
         if key not in self._cache:
             i, j = self._split
             moved = {k: v.to(device=like.device, dtype=like.dtype) for k, v in self._bases.items()}
+            L = moved["P"].shape[1] // 3
             self._cache[key] = {k: (v[:i], v[i:j], v[j:]) for k, v in moved.items()}
+            # the coefficients' rows as (S + E, L, 3): the derivatives jacobian() turns
+            self._cache[key].update({f"d{k}": v[i:].reshape(-1, L, 3) for k, v in moved.items()})
         return self._cache[key]
+
+    def _affine(self, k: str, shape: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """Basis ``k`` ("P" rest landmarks, "D" offsets from the neck joint) at these coefficients:
+        (1 or B, L, 3)."""
+        t0, ts, te = self._buf(expression)[k]
+        return (t0 + shape @ ts + expression @ te).reshape(-1, t0.shape[1] // 3, 3)
 
     def points(self, shape: torch.Tensor, expression: torch.Tensor, rotation: torch.Tensor,
                translation: torch.Tensor) -> torch.Tensor:
@@ -140,13 +150,7 @@ class NeckLandmarks:
         if not self.available:
             raise InputError("this head model has pose blendshapes: no closed-form neck landmarks")
         B = expression.shape[0]
-        b = self._buf(expression)
-
-        def affine(k):  # (1 or B, L, 3)
-            t0, ts, te = b[k]
-            return (t0 + shape @ ts + expression @ te).reshape(-1, t0.shape[1] // 3, 3)
-
-        rest, dev = affine("P"), affine("D")
+        rest, dev = self._affine("P", shape, expression), self._affine("D", shape, expression)
         turn = axis_angle_to_matrix(rotation) - torch.eye(3, dtype=rotation.dtype, device=rotation.device)
         out = rest.expand(B, -1, -1) + dev.expand(B, -1, -1) @ turn.transpose(1, 2)
         return out + translation[:, None, :]
@@ -161,12 +165,9 @@ class NeckLandmarks:
             raise InputError("this head model has pose blendshapes: no closed-form neck landmarks")
         B = expression.shape[0]
         b = self._buf(expression)
-        L = b["P"][0].shape[1] // 3
-        basis = {k: torch.cat([b[k][1], b[k][2]]).reshape(-1, L, 3) for k in ("P", "D")}  # (S + E, L, 3)
         eye = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
         turn = axis_angle_to_matrix(rotation) - eye                                       # (B, 3, 3)
-        coeff = basis["P"] + torch.einsum("bij,clj->bcli", turn, basis["D"])            # (B, S + E, L, 3)
-        t0, ts, te = b["D"]
-        dev = (t0 + shape @ ts + expression @ te).reshape(-1, L, 3).expand(B, -1, -1)   # (B, L, 3)
+        coeff = b["dP"] + torch.einsum("bij,clj->bcli", turn, b["dD"])                  # (B, S + E, L, 3)
+        dev = self._affine("D", shape, expression).expand(B, -1, -1)                       # (B, L, 3)
         dR = axis_angle_to_matrix_jacobian(rotation)                                      # (B, 3, 3, 3)
         return coeff.permute(0, 2, 3, 1), torch.einsum("bijk,blj->blik", dR, dev)

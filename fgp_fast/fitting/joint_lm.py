@@ -5,7 +5,9 @@ their poses are independent): a sum of squares (reprojection, identity prior, fo
 the linear expression prior, with expressions in the box [0, 1]. Its
 Jacobian is block-structured: each frame's residuals depend on the shared parameters (shape,
 log focal) and on that frame's own (rotation, translation, expression) only. Each frame's block
-comes from forward-mode autodiff of the frame's residuals (``torch.func``), and the normal
+comes in closed form (:func:`closed_form_jacobians`, through :class:`.embedding.NeckLandmarks`)
+or, for a head model without that form, from forward-mode autodiff of the frame's residuals
+(``torch.func``), and the normal
 equations are assembled from the blocks and solved densely (a few hundred unknowns). Expressions
 held at a bound by their gradient are left out of the step; the step is clipped to the box.
 
@@ -68,6 +70,7 @@ def joint_least_squares(fitter, state: dict, obs: torch.Tensor, scale: torch.Ten
     l = torch.cat([state["rotation"], state["translation"], state["expression"].clamp(0, 1)], 1).float()
     n = G + T * K
     free_all = torch.cat([g_free, l_free.repeat(T)])
+    expr = (G + torch.arange(T)[:, None] * K + 6 + torch.arange(E)).reshape(-1)   # the expressions' unknowns
     with torch.no_grad():
         r = residuals(g, l)
         e, damping = energy(g, l, r), 1e-3
@@ -88,7 +91,6 @@ def joint_least_squares(fitter, state: dict, obs: torch.Tensor, scale: torch.Ten
             if fit_focal:
                 A[S, S] += s.focal_prior ** 2
                 b[S] += s.focal_prior ** 2 * (g[S].double() - f0)
-            expr = (G + torch.arange(T)[:, None] * K + 6 + torch.arange(E)).reshape(-1)
             b[expr] += 0.5 * lam                                            # d/dpsi of lam psi, halved
             x_expr = l[:, 6:].reshape(-1).double()
             held = ((x_expr <= 0) & (b[expr] > 0)) | ((x_expr >= 1) & (b[expr] < 0))

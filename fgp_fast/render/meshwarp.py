@@ -310,8 +310,7 @@ class ControlMesh:
         still = np.zeros(n, bool)
         still[self.n_head + self.n_moving_ring:] = True
         self.still = still
-        self.moving_triangles = ~still[tri].all(1)
-        self.moving = tri[self.moving_triangles]
+        self.moving = tri[~still[tri].all(1)]   # the triangles with a point that moves
         self.moving_used = np.unique(self.moving)
 
     # ---------------------------------------------------------------------------- per frame
