@@ -13,6 +13,15 @@ from torch import Tensor
 from .errors import InputError, InputTypeError
 
 
+def apply_rows(M: Tensor, p: Tensor) -> Tensor:
+    """M p for 3x3 matrices M (broadcasting against p's leading dims) and points p (..., 3), summed
+    as (M_i0 p_0 + M_i1 p_1) + M_i2 p_2 like the native kernels (csrc/flow_core.h). A matmul would
+    leave the order and fused multiply-adds to the BLAS kernel the CPU picks, and a last-ulp
+    difference in a vertex moves a sliver triangle's barycentrics by 1e-5 and more."""
+    x, y, z = p[..., 0, None], p[..., 1, None], p[..., 2, None]
+    return (M[..., 0] * x + M[..., 1] * y) + M[..., 2] * z
+
+
 @dataclass
 class Camera:
     """A pinhole camera; ``K`` is (3, 3) or (B, 3, 3), ``world_to_cam`` is (4, 4) or (B, 4, 4)."""
@@ -140,14 +149,14 @@ class Camera:
         v, u = torch.meshgrid(torch.arange(self.height, device=dev, dtype=dt) + 0.5,
                               torch.arange(self.width, device=dev, dtype=dt) + 0.5, indexing="ij")
         pix = torch.stack([u, v, torch.ones_like(u)], -1)  # (H, W, 3)
-        return torch.einsum("bij,hwj->bhwi", torch.linalg.inv(K), pix)
+        return apply_rows(torch.linalg.inv(K)[:, None, None], pix)
 
     def world_to_camera(self, points: Tensor) -> Tensor:
         """(B, ..., 3) world points to the camera frame."""
         _, w2c = self.expand(points.shape[0])
         shape = points.shape
         p = points.reshape(shape[0], -1, 3)
-        out = p @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]
+        out = apply_rows(w2c[:, None, :3, :3], p) + w2c[:, None, :3, 3]
         return out.reshape(shape)
 
     def camera_to_world(self, points: Tensor) -> Tensor:
@@ -155,7 +164,7 @@ class Camera:
         _, w2c = self.expand(points.shape[0])
         shape = points.shape
         p = points.reshape(shape[0], -1, 3) - w2c[:, None, :3, 3]
-        return (p @ w2c[:, :3, :3]).reshape(shape)
+        return apply_rows(w2c[:, None, :3, :3].transpose(-1, -2), p).reshape(shape)
 
     def project(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """World points (B, ..., 3) -> continuous pixel coordinates (B, ..., 2) and depth (B, ...).
@@ -165,7 +174,7 @@ class Camera:
         K, _ = self.expand(points.shape[0])
         pc = self.world_to_camera(points)
         shape = pc.shape
-        q = pc.reshape(shape[0], -1, 3) @ K.transpose(1, 2)
+        q = apply_rows(K[:, None], pc.reshape(shape[0], -1, 3))
         z = pc[..., 2]
         uv = q[..., :2] / q[..., 2:3]
         return uv.reshape(*shape[:-1], 2), z
@@ -175,6 +184,6 @@ class Camera:
         K, _ = self.expand(uv.shape[0])
         shape = uv.shape
         pix = torch.cat([uv, torch.ones_like(uv[..., :1])], -1).reshape(shape[0], -1, 3)
-        rays = pix @ torch.linalg.inv(K).transpose(1, 2)
+        rays = apply_rows(torch.linalg.inv(K)[:, None], pix)
         pc = rays * depth.reshape(shape[0], -1, 1)
         return self.camera_to_world(pc.reshape(*shape[:-1], 3))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fgp_fast import ops
-from fgp_fast.camera import Camera
+from fgp_fast.camera import Camera, apply_rows
 from fgp_fast.ops.geometry import closest_point_barycentric
 from fgp_fast.ops import reference
 from fgp_fast.ops.reference import nearest_faces, nearest_faces_brute_force
@@ -219,7 +219,7 @@ def test_sample_depths_and_layout():
     centre = torch.stack([xs, ys], -1).double() + 0.5
     assert torch.allclose(uv.view(N, cam.height, cam.width, 2), centre.expand(N, -1, -1, -1), atol=1e-9)
     # Layout: F[b, 3n + c, y, x] = R_w2c (p_src - p)[c].
-    disp = (aux.p_src - aux.points)[0] @ cam.world_to_cam[:3, :3].T
+    disp = apply_rows(cam.world_to_cam[:3, :3], (aux.p_src - aux.points)[0])   # the reference's sum order
     for k in range(N):
         for c in range(3):
             assert torch.equal(flow[0, 3 * k + c], disp[k, ..., c])

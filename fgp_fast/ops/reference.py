@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..camera import Camera
+from ..camera import Camera, apply_rows
 from .flow_aux import build_aux, sample_points
 from .geometry import face_normals, morton_order, point_triangle_dist2, projection_barycentric
 
@@ -48,7 +48,7 @@ def rasterize(verts: Tensor, faces: Tensor, camera: Camera) -> Raster:
     F = faces.shape[0]
     tri = vc[:, faces]                                   # (B, F, 3, 3) camera frame
     z = tri[..., 2]
-    proj = tri @ K.transpose(1, 2)[:, None]
+    proj = apply_rows(K[:, None, None], tri)
     uv = proj[..., :2] / torch.where(z > Z_MIN, z, torch.ones_like(z))[..., None]
 
     # Candidate pixel ranges: pixel x is covered when its centre x + 0.5 lies in [min u, max u].
@@ -260,7 +260,7 @@ def flow_encode(verts_tgt: Tensor, verts_src: Tensor, faces: Tensor, camera: Cam
     points = sample_points(raster, cam, near, far, N, delta, sampling)    # (B, N, H, W, 3)
     field = surface_field(points.reshape(B, -1, 3), verts_tgt, verts_src, faces)
     _, w2c = cam.expand(B)
-    flow_cam = (field.p_src - points.reshape(B, -1, 3)) @ w2c[:, :3, :3].transpose(1, 2)
+    flow_cam = apply_rows(w2c[:, None, :3, :3], field.p_src - points.reshape(B, -1, 3))
     flow = flow_cam.view(B, N, H, W, 3).permute(0, 1, 4, 2, 3).reshape(B, 3 * N, H, W)
     flow = flow.to(dtype or verts_tgt.dtype)
     if not return_aux:

@@ -24,7 +24,7 @@ import threading
 import torch
 from torch import Tensor
 
-from ..camera import Camera
+from ..camera import Camera, apply_rows
 from ..errors import BackendUnavailableError, InputError, InputTypeError
 from . import triton_clusters as clusters
 from . import triton_tuning as tuning
@@ -222,7 +222,7 @@ def _rasterize(verts: Tensor, faces: Tensor, cam: Camera, topo: clusters.Cluster
     # Screen positions exactly as the reference computes them (per triangle corner).
     tri = cam.world_to_camera(verts)[:, faces.long()]            # (B, F, 3, 3)
     z = tri[..., 2]
-    proj = tri @ K.transpose(1, 2)[:, None]
+    proj = apply_rows(K[:, None, None], tri)
     uv = proj[..., :2] / torch.where(z > Z_MIN, z, torch.ones_like(z))[..., None]
     keep = (z > Z_MIN).all(-1)                                    # (B, F)
     ftri = torch.cat([uv, z[..., None]], -1)                      # (B, F, 3, [u v z])
