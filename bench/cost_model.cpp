@@ -55,6 +55,7 @@ void read(FILE* f, T* dst, size_t n) {
 }
 
 struct Stats {
+  double by_event[kTraceEvents] = {};  // warp-instructions charged to each event
   double samples = 0, nodes = 0, tris = 0, boxed = 0, seeds = 0, resolves = 0, listed = 0, shortlisted = 0;
   double warp_instr = 0, lane_instr = 0;  // warps whose lanes are all of this class, or mixed
 };
@@ -137,12 +138,12 @@ int main(int argc, char** argv) {
   // 1 all background, 2 mixed)
   Stats cls[2], mix[3];
   double fixed_instr = 0, fixed_lane = 0, shared_instr = 0, active_total = 0, shared_runs = 0, overflows = 0,
-         list_total = 0, tile_nodes = 0, tile_tris = 0;
+         list_total = 0, tile_nodes = 0, tile_tris = 0, tile_descents = 0;
 #pragma omp parallel
   {
     Stats my_cls[2], my_mix[3];
     double my_fixed = 0, my_fixed_lane = 0, my_shared = 0, active_extra = 0, my_runs = 0, my_over = 0,
-           my_list = 0, my_tnodes = 0, my_ttris = 0;
+           my_list = 0, my_tnodes = 0, my_ttris = 0, my_tdesc = 0;
     cost_model::Tile tl;
     tl.lanes.resize(kWarp);
     tl.shared.resize(N + 1);
@@ -171,23 +172,29 @@ int main(int argc, char** argv) {
       for (int l = 0; l < lanes; ++l) pos[l] = 1;  // past the first sample marker
       for (int n = 0; n < N; ++n) {
         double warp = c_sample, useful = c_sample * lanes;
-        // the shared shortlist walk (the driver's marker of sample n + 1 is where lane 0 stood)
-        const std::vector<int>& sh = tl.shared[n + 1];
+        // the shared shortlist walk of sample index n (lane 0 had recorded n sample markers)
+        const std::vector<int>& sh = tl.shared[n];
         if (!sh.empty()) {
           double c = 0;
-          for (int e : sh) c += cost[e];
+          for (int e : sh) {
+            c += cost[e];
+            my_mix[0].by_event[e] += cost[e];
+          }
           c -= cost[kTraceSample];
+          my_mix[0].by_event[kTraceSample] -= cost[kTraceSample];
           warp += c;
           useful += c;  // strict: the walk's work counted once (every lane runs it in step)
           active_extra += c * (lanes - 1);
           my_shared += c;
           my_runs += 1;
-          int tn = 0, tt = 0;
+          int tn = 0, tt = 0, td = 0;
           for (int e : sh) {
-            tn += e == kTraceTileInner;
+            tn += e == kTraceTile;       // chunks of <= 32 frontier children
+            td += e == kTraceTileProbe;  // the descent's leaf (a walk without seeds)
             tt += e == kTraceTileStep;  // chunks of <= 32 triangles
           }
           my_tnodes += tn;
+          my_tdesc += td > 0;
           my_ttris += tt;
         }
         int listed_max = -1;
@@ -218,6 +225,7 @@ int main(int argc, char** argv) {
             useful += cost[e] * ls[l].prologue[e];
           }
           warp += cost[e] * most;
+          my_mix[0].by_event[e] += cost[e] * most;
         }
         for (int lp = 0; lp < kLoops; ++lp) {
           size_t iters = 0;
@@ -232,6 +240,7 @@ int main(int argc, char** argv) {
                   useful += cost[e] * k;
                 }
               warp += cost[e] * most;
+              my_mix[0].by_event[e] += cost[e] * most;
             }
         }
         if (!sh.empty()) {  // every member lane walks the whole list; none did: it overflowed
@@ -255,6 +264,7 @@ int main(int argc, char** argv) {
         cls[k].listed += my_cls[k].listed;
         cls[k].shortlisted += my_cls[k].shortlisted;
       }
+      for (int e = 0; e < kTraceEvents; ++e) mix[0].by_event[e] += my_mix[0].by_event[e];
       for (int k = 0; k < 3; ++k) {
         mix[k].warp_instr += my_mix[k].warp_instr;
         mix[k].lane_instr += my_mix[k].lane_instr;
@@ -268,6 +278,7 @@ int main(int argc, char** argv) {
       overflows += my_over;
       list_total += my_list;
       tile_nodes += my_tnodes;
+      tile_descents += my_tdesc;
       tile_tris += my_ttris;
     }
   }
@@ -291,10 +302,13 @@ int main(int argc, char** argv) {
     printf("  \"%s\": {\"lane_samples\": %.0f, \"warp_instructions\": %.6e, \"lane_efficiency\": %.4f},\n", mixes[k],
            mix[k].samples, mix[k].warp_instr, mix[k].warp_instr > 0 ? mix[k].lane_instr / (kWarp * mix[k].warp_instr) : 0.0);
   const double runs = shared_runs > 0 ? shared_runs : 1;
-  printf("  \"tiles\": {\"shortlist_walks\": %.0f, \"overflows\": %.0f, \"list_length\": %.2f, \"walk_nodes\": %.2f, "
-         "\"walk_steps\": %.2f, \"shared_warp_instructions\": %.6e},\n",
-         shared_runs, overflows, list_total / std::max(1.0, shared_runs - overflows), tile_nodes / runs, tile_tris / runs,
+  printf("  \"tiles\": {\"shortlist_walks\": %.0f, \"overflows\": %.0f, \"list_length\": %.2f, \"walk_chunks\": %.2f, "
+         "\"descents\": %.3f, \"walk_steps\": %.2f, \"shared_warp_instructions\": %.6e},\n",
+         shared_runs, overflows, list_total / std::max(1.0, shared_runs - overflows), tile_nodes / runs, tile_descents / runs, tile_tris / runs,
          shared_instr);
+  printf("  \"by_event\": [");
+  for (int e = 0; e < kTraceEvents; ++e) printf("%s%.6e", e ? ", " : "", mix[0].by_event[e]);
+  printf("],\n");
   printf("  \"warp_instructions\": %.6e,\n  \"lane_efficiency\": %.4f,\n  \"active_lane_efficiency\": %.4f\n}\n",
          warp_total, lane_total / (kWarp * warp_total), (lane_total + active_total) / (kWarp * warp_total));
   return 0;

@@ -50,7 +50,7 @@ ROOT = os.path.dirname(HERE)
 CSRC = os.path.join(ROOT, "csrc")
 SASS_JSON = os.path.join(HERE, "cost_model_sass.json")
 EVENTS = ["sample", "seed", "iter", "inner", "leaf", "tri", "pop", "resolve", "exact",
-          "tile", "tileinner", "tilequeue", "tilestep", "tilepop", "filter", "list", "listplane"]   # csrc/bvh.h TraceEvent
+          "tile", "tileinner", "tilequeue", "tilestep", "tileseed", "tileprobe", "filter", "list", "listplane"]   # csrc/bvh.h TraceEvent
 # H200 SXM: 132 SMs x 4 warp schedulers, one warp-instruction each per cycle, 1.98 GHz boost
 ISSUE_PER_S = 132 * 4 * 1.98e9
 
@@ -74,7 +74,7 @@ def _regions(path: str) -> dict[int, str]:
     out = {}
     funcs = {"bvh_search": None, "bvh_resolve_lost": None, "offer_tri": None, "offer_face": "seed",
              "bvh_shortlist": None, "shortlist_filter": None, "offer_shortlist": None, "shortlist_step": None,
-             "shortlist_leaf": None,
+             "shortlist_leaf": None, "shortlist_descend": None, "tile_seed": "tileseed",
              "pixel_setup": "pixel", "sample_point": "sample", "tile_member": "sample", "flow_sample": "sample",
              "tile_sample_box": "sample"}
     i = 0
@@ -245,7 +245,7 @@ def main():
     print(f"{args.mesh} {args.size}x{args.size} N={args.n}: head on {100 * res['head_pixel_fraction']:.0f}% of pixels")
     t = res["tiles"]
     print(f"  tile shortlists: {t['shortlist_walks']:.0f} walks, {t['overflows']:.0f} overflowed, "
-          f"{t['list_length']:.1f} entries, {t['walk_nodes']:.1f} inner nodes and {t['walk_steps']:.1f} steps through queued leaves per "
+          f"{t['list_length']:.1f} entries, {t['walk_chunks']:.1f} frontier chunks, {t['descents']:.2f} descents and {t['walk_steps']:.1f} steps through queued leaves per "
           f"walk; walks {100 * t['shared_warp_instructions'] / res['warp_instructions']:.0f}% of the instructions")
     for k in ("head", "background"):
         c = res[k]
@@ -259,6 +259,12 @@ def main():
     print(f"  {res['warp_instructions'] / 1e9:.2f} G warp-instructions/frame, background warps "
           f"{100 * res['background_warp_share']:.0f}%; H200 at full issue {res['ms_at_full_issue_h200']:.2f} ms, "
           f"at 60% {res['ms_at_60pct_issue_h200']:.2f} ms")
+    total = res["warp_instructions"]
+    split = sorted(((v, e) for e, v in zip(EVENTS, res["by_event"]) if v > 0), reverse=True)
+    fixed = total - sum(res["by_event"])
+    print("  by event (G warp-instructions): " + ", ".join(f"{e} {v / 1e9:.2f}" for v, e in split)
+          + f", fixed per sample/pixel {fixed / 1e9:.2f}")
+    res["by_event"] = dict(zip(EVENTS, res["by_event"]))
     print(f"  costs (instructions/event, {costs['source']}): {costs['events']}, per pixel {costs['pixel']}")
     if args.json:
         with open(args.json, "w") as fh:

@@ -22,14 +22,14 @@ struct BVHNode {
 // this header to record the traversal's work; every real build compiles it to nothing.
 // Events: a sample starts, a seed triangle is tested, a traversal iteration starts, it handles an
 // inner node / a leaf, a triangle is offered (box prefilter), a stack pop, an iteration of the
-// lost-member pass, an exact point-triangle test; the tile shortlist's shared walk starts an
-// iteration / handles an inner node / queues a leaf / steps through queued triangles / pops /
-// filters 32 list entries, a
-// sample offers a shortlist entry (plane-and-ball prefilter).
+// lost-member pass, an exact point-triangle test; the tile shortlist's shared walk tests a chunk
+// of <= 32 frontier children / takes a step of the descent to the first leaf / queues a leaf /
+// steps through <= 32 queued triangles / takes the samples' previous faces as seeds / steps
+// through the descent's leaf / filters 32 list entries; a sample offers a shortlist entry / passes its ball test (plane bound next).
 // FGP_TRACE_LANE(lane) says whose work follows in a tile (kTraceShared: the tile's own).
 enum TraceEvent : int {
   kTraceSample, kTraceSeed, kTraceIter, kTraceInner, kTraceLeaf, kTraceTri, kTracePop, kTraceResolve, kTraceExact,
-  kTraceTile, kTraceTileInner, kTraceTileQueue, kTraceTileStep, kTraceTilePop, kTraceFilter, kTraceList, kTraceListPlane,
+  kTraceTile, kTraceTileInner, kTraceTileQueue, kTraceTileStep, kTraceTileSeed, kTraceTileProbe, kTraceFilter, kTraceList, kTraceListPlane,
   kTraceEvents
 };
 constexpr int kTraceShared = -1;
@@ -291,6 +291,8 @@ struct ListEntry {
   float rho;    // the vertices' largest distance from m: the triangle lies in the ball (m, rho)
   int k;        // leaf-ordered triangle
   float tile2;  // box_box_dist2 of its padded box to the tile's box
+  Vec3 u;       // unit direction from the triangle's point nearest the tile's centre to the centre
+  float s;      // max of u.x over the triangle (0 with u = 0: no half-space)
 };
 // Entries a tile's list may hold (a longer one: per-sample traversal, same answers). CUDA keeps
 // the list in shared memory (40 B an entry; 2 warps a block: 30 KB); the CPU's is on the heap.
@@ -301,8 +303,77 @@ constexpr int kListCapCuda = FGP_LIST_CAP_CUDA;
 constexpr int kListCapCpu = 1024;
 constexpr int kWarpLanes = 32;           // a leaf is handled in chunks of this many triangles
 
-FGP_HD ListEntry list_entry(Vec3 a, Vec3 b, Vec3 c, int k, float tile2) {
+// The tile's cell: the box of its sample points and a point v on the mesh (the closest point to the
+// box's centre among the triangles the walk has reached so far), for cell_beyond.
+struct TileCell {
+  Vec3 lo, hi, c, h;  // box, centre, half extents
+  Vec3 v;             // the point on the mesh
+  float v2;           // |c - v|^2; INFINITY while there is no v
+  Vec3 kw;            // K (c - v) / |c - v|
+  float thr;          // K |c - v| + K |h|^2 / (2 |c - v|) + kCellAbs; INFINITY: nothing is beyond
+};
+
+// Margins of cell_beyond: a set must be farther than T(T(|p - v|)) (T(d) = d (1 + TIE_REL) + TIE_ABS:
+// once for the tie window, once for float rounding, as reach2) and TIE_ABS more;
+// K = 1 + 2^-12 > (1 + TIE_REL)^2.
+constexpr float kCellAbs = 3.f * kTieAbs;
+constexpr float kCellK = 1.f + 2.44140625e-04f;
+
+FGP_HD void cell_set_v(TileCell& C, Vec3 v, float v2) {
+  C.v = v;
+  C.v2 = v2;
+  const float d = sqrtf(v2);
+  if (!(d > 0.f)) {
+    C.kw = Vec3{0.f, 0.f, 0.f};
+    C.thr = INFINITY;
+    return;
+  }
+  C.kw = (kCellK / d) * (C.c - v);
+  C.thr = kCellK * d + kCellK * dot(C.h, C.h) / (2.f * d) + kCellAbs;
+}
+
+FGP_HD TileCell tile_cell(Vec3 lo, Vec3 hi) {
+  TileCell C;
+  C.lo = lo;
+  C.hi = hi;
+  C.c = 0.5f * (lo + hi);
+  C.h = 0.5f * (hi - lo);
+  C.v = C.c;
+  C.v2 = INFINITY;
+  C.kw = Vec3{0.f, 0.f, 0.f};
+  C.thr = INFINITY;
+  return C;
+}
+
+// Whether a set lying in the half-space u.x <= s (|u| <= 1) is in no sample's tie window. For a
+// sample p = c + e of the cell every x of the set has |p - x| >= u.p - s, and p's minimum distance
+// is at most |p - v| <= D + w.e + |e|^2 / (2 D) (D = |c - v|, w = (c - v) / D; squaring shows it
+// for every e). So the set is beyond when u.c - s + (u - K w).e > K (D + |e|^2 / (2 D)) + margins for
+// every e of the box, i.e. u.c - s - sum_i |u_i - K w_i| h_i > thr. Far from the mesh this is far
+// tighter than the tile's min-of-max bound: that takes every sample at the box's farthest corner,
+// this follows how both distances change across the box (nearly in step for far samples).
+FGP_HD bool cell_beyond(const TileCell& C, Vec3 u, float s) {
+  const float spread = (fabsf(u.x - C.kw.x) * C.h.x + fabsf(u.y - C.kw.y) * C.h.y) + fabsf(u.z - C.kw.z) * C.h.z;
+  return (dot(u, C.c) - s) - spread > C.thr;
+}
+
+// cell_beyond for the box [lo, hi], in the direction from its point nearest the cell's centre.
+FGP_HD bool cell_beyond_box(const TileCell& C, Vec3 lo, Vec3 hi) {
+  if (!(C.thr < INFINITY)) return false;
+  const Vec3 q = Vec3{fgp_min(fgp_max(C.c.x, lo.x), hi.x), fgp_min(fgp_max(C.c.y, lo.y), hi.y),
+                      fgp_min(fgp_max(C.c.z, lo.z), hi.z)};
+  const Vec3 g = C.c - q;
+  const float g2 = dot(g, g);
+  if (!(g2 > 0.f)) return false;
+  const Vec3 u = (1.f / sqrtf(g2)) * g;
+  const float s = (fgp_max(u.x * lo.x, u.x * hi.x) + fgp_max(u.y * lo.y, u.y * hi.y)) + fgp_max(u.z * lo.z, u.z * hi.z);
+  return cell_beyond(C, u, s);
+}
+
+FGP_HD ListEntry list_entry(Vec3 a, Vec3 b, Vec3 c, int k, float tile2, Vec3 u) {
   ListEntry e;
+  e.u = u;
+  e.s = fmax3(dot(u, a), dot(u, b), dot(u, c));  // u.q for the nearest point q, without q's rounding
   e.m = (1.f / 3.f) * ((a + b) + c);
   const Vec3 nn = cross(b - a, c - a);
   const float len = sqrtf(dot(nn, nn));
@@ -338,12 +409,74 @@ struct Pending {
   int leaves = 0, tris = 0;
 };
 
-// The triangles of the pending leaves (at most kWarpLanes): the step first lowers the min-of-max
-// bound with their vertices (a vertex is no nearer the tile's farthest point than its triangle's
-// box is to the tile, so only triangles nearer than the bound are looked at), then appends the
-// triangles still in reach, in order. False when the list would exceed cap. On CUDA every lane of
-// the warp runs the walk in step and takes one triangle.
-FGP_HD bool shortlist_step(const float* __restrict__ tris, Pending& pend, Vec3 lo, Vec3 hi, float& far2,
+// What a reached triangle tells the tile: its point q nearest the cell's centre (a v candidate),
+// the direction u from q to the centre (the triangle lies in u.x <= u.q) and its box distance.
+struct StepTri {
+  Vec3 a, b, c, u, q;
+  float tile2;  // box_box_dist2 of its padded box to the cell's box
+  float c2;     // |centre - q|^2
+};
+
+FGP_HD StepTri step_tri(Vec3 a, Vec3 b, Vec3 c, const TileCell& C) {
+  StepTri t;
+  t.a = a;
+  t.b = b;
+  t.c = c;
+  Vec3 tlo, thi;
+  tri_box(a, b, c, tlo, thi);
+  t.tile2 = box_box_dist2(tlo, thi, C.lo, C.hi);
+  t.q = bary_point(closest_point_bary(C.c, a, b, c), a, b, c);
+  const Vec3 g = C.c - t.q;
+  t.c2 = dot(g, g);
+  t.u = t.c2 > 0.f ? (1.f / sqrtf(t.c2)) * g : Vec3{0.f, 0.f, 0.f};
+  return t;
+}
+
+// Lower the cell's bounds with a triangle (on CUDA, with every active lane's triangle at once; all
+// lanes call it): the min-of-max bound far2 (the least distance from a vertex to the box's farthest
+// corner; reach2 = tie_bound2(tie_bound2(far2)), docs/tie_rule.md) and v, the nearest point to the
+// centre so far (lowest lane on equal distances, so the CPU's order gives the same v).
+FGP_HD void cell_update(TileCell& C, float& far2, float& reach2, bool active, const StepTri& t) {
+  float f2 = INFINITY, c2 = INFINITY;
+  if (active) {
+    c2 = t.c2;
+    if (t.tile2 < far2)
+      f2 = fmin3(box_far_dist2(t.a, C.lo, C.hi), box_far_dist2(t.b, C.lo, C.hi), box_far_dist2(t.c, C.lo, C.hi));
+  }
+#ifdef __CUDA_ARCH__
+  const int lane = (threadIdx.y * blockDim.x + threadIdx.x) & 31;
+  int best = lane;
+  for (int off = 16; off > 0; off >>= 1) {
+    f2 = fminf(f2, __shfl_xor_sync(0xffffffffu, f2, off));
+    const float o2 = __shfl_xor_sync(0xffffffffu, c2, off);
+    const int ob = __shfl_xor_sync(0xffffffffu, best, off);
+    if (o2 < c2 || (o2 == c2 && ob < best)) {
+      c2 = o2;
+      best = ob;
+    }
+  }
+  const Vec3 q = active ? t.q : C.c;
+  const Vec3 v = Vec3{__shfl_sync(0xffffffffu, q.x, best), __shfl_sync(0xffffffffu, q.y, best),
+                      __shfl_sync(0xffffffffu, q.z, best)};
+#else
+  const Vec3 v = t.q;
+#endif
+  if (f2 < far2) {
+    far2 = f2;
+    reach2 = tie_bound2(tie_bound2(f2));
+  }
+  if (c2 < C.v2) cell_set_v(C, v, c2);
+}
+
+// Whether a reached triangle may be in a sample's window, as far as the bounds so far tell.
+FGP_HD bool step_keep(const StepTri& t, const TileCell& C, float reach2) {
+  return t.tile2 <= reach2 && !cell_beyond(C, t.u, fmax3(dot(t.u, t.a), dot(t.u, t.b), dot(t.u, t.c)));
+}
+
+// The triangles of the pending leaves (at most kWarpLanes): the step lowers the cell's bounds with
+// them, then appends the ones still in reach, in order. False when the list would exceed cap. On
+// CUDA every lane of the warp runs the walk in step and takes one triangle.
+FGP_HD bool shortlist_step(const float* __restrict__ tris, Pending& pend, TileCell& C, float& far2,
                            float& reach2, ListEntry* list, int& count, int cap) {
   FGP_TRACE(kTraceTileStep);
 #ifdef __CUDA_ARCH__
@@ -355,56 +488,40 @@ FGP_HD bool shortlist_step(const float* __restrict__ tris, Pending& pend, Vec3 l
     base += len;
   }
   const bool active = k >= 0;
-  Vec3 a{0.f, 0.f, 0.f}, b = a, c = a, tlo, thi;
-  int face;
-  float d2 = INFINITY, f2 = INFINITY;
+  StepTri t{};
   if (active) {
+    Vec3 a, b, c;
+    int face;
     load_tri(tris, k, a, b, c, face);
-    tri_box(a, b, c, tlo, thi);
-    d2 = box_box_dist2(tlo, thi, lo, hi);
-    if (d2 < far2) f2 = fmin3(box_far_dist2(a, lo, hi), box_far_dist2(b, lo, hi), box_far_dist2(c, lo, hi));
+    t = step_tri(a, b, c, C);
   }
-  for (int off = 16; off > 0; off >>= 1) f2 = fminf(f2, __shfl_xor_sync(0xffffffffu, f2, off));
-  if (f2 < far2) {
-    far2 = f2;
-    reach2 = tie_bound2(tie_bound2(f2));
-  }
+  cell_update(C, far2, reach2, active, t);
   pend.leaves = pend.tris = 0;
-  const bool keep = active && d2 <= reach2;
+  const bool keep = active && step_keep(t, C, reach2);
   const unsigned mask = __ballot_sync(0xffffffffu, keep);
   const int kept = __popc(mask);
   if (count + kept > cap) return false;
-  if (keep) list[count + __popc(mask & ((1u << lane) - 1u))] = list_entry(a, b, c, k, d2);
+  if (keep) list[count + __popc(mask & ((1u << lane) - 1u))] = list_entry(t.a, t.b, t.c, k, t.tile2, t.u);
   count += kept;
   __syncwarp();
   return true;
 #else
-  float d2[kWarpLanes];
-  float f2 = INFINITY;
-  int t = 0;
+  StepTri t[kWarpLanes];
+  int n = 0;
   for (int i = 0; i < pend.leaves; ++i)
-    for (int k = pend.start[i]; k < pend.end[i]; ++k, ++t) {
-      Vec3 a, b, c, tlo, thi;
-      int face;
-      load_tri(tris, k, a, b, c, face);
-      tri_box(a, b, c, tlo, thi);
-      d2[t] = box_box_dist2(tlo, thi, lo, hi);
-      if (d2[t] < far2)
-        f2 = fgp_min(f2, fmin3(box_far_dist2(a, lo, hi), box_far_dist2(b, lo, hi), box_far_dist2(c, lo, hi)));
-    }
-  if (f2 < far2) {
-    far2 = f2;
-    reach2 = tie_bound2(tie_bound2(f2));
-  }
-  t = 0;
-  for (int i = 0; i < pend.leaves; ++i)
-    for (int k = pend.start[i]; k < pend.end[i]; ++k, ++t) {
-      if (!(d2[t] <= reach2)) continue;
-      if (count == cap) return false;
+    for (int k = pend.start[i]; k < pend.end[i]; ++k, ++n) {
       Vec3 a, b, c;
       int face;
       load_tri(tris, k, a, b, c, face);
-      list[count++] = list_entry(a, b, c, k, d2[t]);
+      t[n] = step_tri(a, b, c, C);
+      cell_update(C, far2, reach2, true, t[n]);
+    }
+  n = 0;
+  for (int i = 0; i < pend.leaves; ++i)
+    for (int k = pend.start[i]; k < pend.end[i]; ++k, ++n) {
+      if (!step_keep(t[n], C, reach2)) continue;
+      if (count == cap) return false;
+      list[count++] = list_entry(t[n].a, t[n].b, t[n].c, k, t[n].tile2, t[n].u);
     }
   pend.leaves = pend.tris = 0;
   return true;
@@ -412,98 +529,232 @@ FGP_HD bool shortlist_step(const float* __restrict__ tris, Pending& pend, Vec3 l
 }
 
 // Queue triangles [start, end) of a reached leaf, stepping first when they would not fit; a leaf
-// longer than the warp is stepped through in pieces. The first leaf is stepped at once, so the
-// walk prunes with a finite bound from then on.
-FGP_HD bool shortlist_leaf(const float* __restrict__ tris, Pending& pend, int start, int end, Vec3 lo, Vec3 hi,
+// longer than the warp is stepped through in pieces.
+FGP_HD bool shortlist_leaf(const float* __restrict__ tris, Pending& pend, int start, int end, TileCell& C,
                            float& far2, float& reach2, ListEntry* list, int& count, int cap) {
   FGP_TRACE(kTraceTileQueue);
   for (int k0 = start; k0 < end; k0 += kWarpLanes) {
     const int k1 = end - k0 > kWarpLanes ? k0 + kWarpLanes : end;
     if (pend.tris + (k1 - k0) > kWarpLanes || pend.leaves == kPendingLeaves)
-      if (!shortlist_step(tris, pend, lo, hi, far2, reach2, list, count, cap)) return false;
+      if (!shortlist_step(tris, pend, C, far2, reach2, list, count, cap)) return false;
     pend.start[pend.leaves] = k0;
     pend.end[pend.leaves] = k1;
     ++pend.leaves;
     pend.tris += k1 - k0;
-    if (!(far2 < INFINITY) && !shortlist_step(tris, pend, lo, hi, far2, reach2, list, count, cap)) return false;
   }
   return true;
 }
 
-// Keep the entries within reach2, in order (on CUDA, 32 at a time across the warp: an entry
-// moves only to an earlier slot, after its chunk has been read). Returns the new count.
-FGP_HD int shortlist_filter(ListEntry* list, int count, float reach2) {
-  int kept = 0;
+// Whether a listed entry survives the final bounds.
+FGP_HD bool entry_keep(const ListEntry& e, const TileCell& C, float reach2) {
+  return e.tile2 <= reach2 && !cell_beyond(C, e.u, e.s);
+}
+
+// Keep the entries within the final bounds, in order, then move the one nearest the cell's centre
+// (u.c - s is its distance) to the front, so every sample's search starts from a tight bound. On
+// CUDA 32 entries at a time across the warp (an entry moves only to an earlier slot, after its
+// chunk has been read). Returns the new count.
+FGP_HD int shortlist_filter(ListEntry* list, int count, const TileCell& C, float reach2) {
+  int kept = 0, front = 0;
+  float front_d = INFINITY;
 #ifdef __CUDA_ARCH__
   const int lane = (threadIdx.y * blockDim.x + threadIdx.x) & 31;
   for (int base = 0; base < count; base += 32) {
     FGP_TRACE(kTraceFilter);
     const int j = base + lane;
     ListEntry e;
-    const bool keep = j < count && (e = list[j], e.tile2 <= reach2);
+    const bool keep = j < count && (e = list[j], entry_keep(e, C, reach2));
     __syncwarp();
     const unsigned mask = __ballot_sync(0xffffffffu, keep);
-    if (keep) list[kept + __popc(mask & ((1u << lane) - 1u))] = e;
+    const int slot = kept + __popc(mask & ((1u << lane) - 1u));
+    float d = INFINITY;
+    if (keep) {
+      list[slot] = e;
+      d = dot(e.u, C.c) - e.s;
+    }
+    int at = slot;
+    for (int off = 16; off > 0; off >>= 1) {
+      const float od = __shfl_xor_sync(0xffffffffu, d, off);
+      const int oa = __shfl_xor_sync(0xffffffffu, at, off);
+      if (od < d || (od == d && oa < at)) {
+        d = od;
+        at = oa;
+      }
+    }
+    if (d < front_d) {
+      front_d = d;
+      front = at;
+    }
     kept += __popc(mask);
     __syncwarp();
   }
+  if (front > 0 && lane == 0) {
+    const ListEntry e = list[0];
+    list[0] = list[front];
+    list[front] = e;
+  }
+  __syncwarp();
 #else
   for (int base = 0; base < count; base += kWarpLanes) {
     FGP_TRACE(kTraceFilter);
     for (int j = base; j < count && j < base + kWarpLanes; ++j)
-      if (list[j].tile2 <= reach2) list[kept++] = list[j];
+      if (entry_keep(list[j], C, reach2)) {
+        const float d = dot(list[j].u, C.c) - list[j].s;
+        if (d < front_d) {
+          front_d = d;
+          front = kept;
+        }
+        list[kept++] = list[j];
+      }
+  }
+  if (front > 0) {
+    const ListEntry e = list[0];
+    list[0] = list[front];
+    list[front] = e;
   }
 #endif
   return kept;
 }
 
-// The shortlist of the tile whose sample points span [lo, hi] (finite), nearest leaves first.
-// Returns its length, or -1 when more than `cap` triangles stay in reach (the caller then
-// traverses per sample). While-while order as bvh_search, with box-to-box distances. On CUDA the
-// whole warp runs it in step (same values in every lane; leaves and the filter split across lanes).
-FGP_HD int bvh_shortlist(const BVHNode* __restrict__ nodes, const float* __restrict__ tris, Vec3 lo, Vec3 hi,
-                         ListEntry* list, int cap) {
-  int stack_node[kBVHStack];
-  float stack_d2[kBVHStack];
-  int sp = 0, count = 0, node = 0;
-  float far2 = INFINITY;    // least box_far_dist2 of a vertex so far: the tile's min-of-max bound
-  float reach2 = INFINITY;  // tie_bound2(tie_bound2(far2))
-  Pending pend;
-  while (true) {
-    FGP_TRACE(kTraceTile);
-    Vec3 nlo, nhi;
-    int li, ui;
-    load_node(nodes, node, nlo, nhi, li, ui);
-    bool leaf = li < 0;
-    while (!leaf) {
-      FGP_TRACE(kTraceTileInner);
-      Vec3 llo, lhi, rlo, rhi;
-      int ll, lu, rl, ru;
-      load_node(nodes, li, llo, lhi, ll, lu);
-      load_node(nodes, ui, rlo, rhi, rl, ru);
-      const float dl = box_box_dist2(llo, lhi, lo, hi), dr = box_box_dist2(rlo, rhi, lo, hi);
-      const bool right_first = dr < dl;
-      const int far_node = right_first ? li : ui;
-      const float dn = right_first ? dr : dl, df = right_first ? dl : dr;
-      if (df <= reach2 && sp < kBVHStack) {
-        stack_node[sp] = far_node;
-        stack_d2[sp] = df;
-        ++sp;
-      }
-      if (!(dn <= reach2)) break;
-      li = right_first ? rl : ll;
-      ui = right_first ? ru : lu;
-      leaf = li < 0;
-    }
-    if (leaf && !shortlist_leaf(tris, pend, ~li, ui, lo, hi, far2, reach2, list, count, cap)) return -1;
-    if (!pop_within<kTraceTilePop>(stack_node, stack_d2, sp, reach2, node)) break;
+// Until a seed gives the cell a v: one nearest-child-first descent to a leaf, whose triangles set
+// v and far2 (they are not listed here; the walk reaches them again).
+FGP_HD void shortlist_descend(const BVHNode* __restrict__ nodes, const float* __restrict__ tris, TileCell& C,
+                              float& far2, float& reach2) {
+  Vec3 lo, hi;
+  int li, ui;
+  load_node(nodes, 0, lo, hi, li, ui);
+  while (li >= 0) {
+    FGP_TRACE(kTraceTileInner);
+    Vec3 llo, lhi, rlo, rhi;
+    int ll, lu, rl, ru;
+    load_node(nodes, li, llo, lhi, ll, lu);
+    load_node(nodes, ui, rlo, rhi, rl, ru);
+    const bool right = box_box_dist2(rlo, rhi, C.lo, C.hi) < box_box_dist2(llo, lhi, C.lo, C.hi);
+    li = right ? rl : ll;
+    ui = right ? ru : lu;
   }
-  if (pend.leaves > 0 && !shortlist_step(tris, pend, lo, hi, far2, reach2, list, count, cap)) return -1;
-  return shortlist_filter(list, count, reach2);
+  for (int k0 = ~li; k0 < ui; k0 += kWarpLanes) {
+    FGP_TRACE(kTraceTileProbe);
+#ifdef __CUDA_ARCH__
+    const int k = k0 + ((threadIdx.y * blockDim.x + threadIdx.x) & 31);
+    const bool active = k < ui;
+    StepTri t{};
+    if (active) {
+      Vec3 a, b, c;
+      int face;
+      load_tri(tris, k, a, b, c, face);
+      t = step_tri(a, b, c, C);
+    }
+    cell_update(C, far2, reach2, active, t);
+#else
+    for (int k = k0; k < ui && k < k0 + kWarpLanes; ++k) {
+      Vec3 a, b, c;
+      int face;
+      load_tri(tris, k, a, b, c, face);
+      cell_update(C, far2, reach2, true, step_tri(a, b, c, C));
+    }
+#endif
+  }
+}
+
+// Inner nodes the walk's frontier may hold (more: the caller traverses per sample).
+constexpr int kFrontier = 64;
+struct FrontierNode {
+  int left, right;  // the children of a node that is in reach
+};
+
+// The shortlist of the cell C (its box finite; v and far2 possibly seeded by cell_update, e.g. with
+// the samples' previous faces). Returns its length, or -1 when more than `cap` triangles or
+// kFrontier nodes stay in reach (the caller then traverses per sample). Breadth first: each step
+// tests the children of up to 16 frontier nodes against reach2 and cell_beyond_box (on CUDA one
+// child per lane, scratch in shared memory; the CPU runs the same steps in the same order, so the
+// lists are equal), keeps the inner ones that stay in reach for the next level and queues the
+// leaves, whose triangles lower the bounds as they are stepped. scratch: 2 * kFrontier entries.
+FGP_HD int bvh_shortlist(const BVHNode* __restrict__ nodes, const float* __restrict__ tris, TileCell& C, float far2,
+                         ListEntry* list, int cap, FrontierNode* scratch) {
+  float reach2 = far2 < INFINITY ? tie_bound2(tie_bound2(far2)) : INFINITY;
+  if (!(C.thr < INFINITY)) shortlist_descend(nodes, tris, C, far2, reach2);
+  int count = 0;
+  Pending pend;
+  FrontierNode* cur = scratch;
+  FrontierNode* nxt = scratch + kFrontier;
+  {
+    Vec3 lo, hi;
+    int li, ui;
+    load_node(nodes, 0, lo, hi, li, ui);
+    if (li < 0) {  // a one-leaf tree
+      if (!shortlist_leaf(tris, pend, ~li, ui, C, far2, reach2, list, count, cap)) return -1;
+      if (pend.leaves > 0 && !shortlist_step(tris, pend, C, far2, reach2, list, count, cap)) return -1;
+      return shortlist_filter(list, count, C, reach2);
+    }
+#ifdef __CUDA_ARCH__
+    if (((threadIdx.y * blockDim.x + threadIdx.x) & 31) == 0) cur[0] = FrontierNode{li, ui};
+    __syncwarp();
+#else
+    cur[0] = FrontierNode{li, ui};
+#endif
+  }
+  int fc = 1;
+  while (fc > 0) {
+    int nc = 0;
+    for (int base = 0; base < fc; base += kWarpLanes / 2) {
+      FGP_TRACE(kTraceTile);
+#ifdef __CUDA_ARCH__
+      const int lane = (threadIdx.y * blockDim.x + threadIdx.x) & 31;
+      const int i = base + (lane >> 1);
+      bool ok = false;
+      int l = 0, u = 0;
+      if (i < fc) {
+        const int child = (lane & 1) ? cur[i].right : cur[i].left;
+        Vec3 lo, hi;
+        load_node(nodes, child, lo, hi, l, u);
+        ok = box_box_dist2(lo, hi, C.lo, C.hi) <= reach2 && !cell_beyond_box(C, lo, hi);
+      }
+      const unsigned inner = __ballot_sync(0xffffffffu, ok && l >= 0), leaves = __ballot_sync(0xffffffffu, ok && l < 0);
+      if (nc + __popc(inner) > kFrontier) return -1;
+      if (ok && l >= 0) nxt[nc + __popc(inner & ((1u << lane) - 1u))] = FrontierNode{l, u};
+      nc += __popc(inner);
+      for (unsigned m = leaves; m != 0; m &= m - 1) {
+        const int src = __ffs(m) - 1;
+        const int start = ~__shfl_sync(0xffffffffu, l, src), end = __shfl_sync(0xffffffffu, u, src);
+        if (!shortlist_leaf(tris, pend, start, end, C, far2, reach2, list, count, cap)) return -1;
+      }
+#else
+      // As the warp: every child of the chunk is tested with the bounds as they stand, then the
+      // inner ones go to the next level and the leaves are queued, in lane order.
+      bool ok[kWarpLanes];
+      int l[kWarpLanes], u[kWarpLanes];
+      const int lanes = fc - base < kWarpLanes / 2 ? 2 * (fc - base) : kWarpLanes;
+      for (int j = 0; j < lanes; ++j) {
+        const FrontierNode& fn = cur[base + (j >> 1)];
+        Vec3 lo, hi;
+        load_node(nodes, (j & 1) ? fn.right : fn.left, lo, hi, l[j], u[j]);
+        ok[j] = box_box_dist2(lo, hi, C.lo, C.hi) <= reach2 && !cell_beyond_box(C, lo, hi);
+      }
+      for (int j = 0; j < lanes; ++j)
+        if (ok[j] && l[j] >= 0) {
+          if (nc == kFrontier) return -1;
+          nxt[nc++] = FrontierNode{l[j], u[j]};
+        }
+      for (int j = 0; j < lanes; ++j)
+        if (ok[j] && l[j] < 0 && !shortlist_leaf(tris, pend, ~l[j], u[j], C, far2, reach2, list, count, cap))
+          return -1;
+#endif
+    }
+#ifdef __CUDA_ARCH__
+    __syncwarp();
+#endif
+    FrontierNode* t = cur;
+    cur = nxt;
+    nxt = t;
+    fc = nc;
+  }
+  if (pend.leaves > 0 && !shortlist_step(tris, pend, C, far2, reach2, list, count, cap)) return -1;
+  return shortlist_filter(list, count, C, reach2);
 }
 
 // Offer the tile's shortlist to sample p (which must lie in the tile's box): every triangle of p's
-// tie window is on it, so this replaces bvh_search; the lost-member pass stays as it is.
+// tie window is on it, so this replaces bvh_nearest, the lost-member pass included.
 FGP_HD void offer_shortlist(const float* __restrict__ tris, const ListEntry* list, int count, Vec3 p, Hit& hit) {
   float bound2 = -1.f, bound = 0.f;
   for (int j = 0; j < count; ++j) {
@@ -513,18 +764,35 @@ FGP_HD void offer_shortlist(const float* __restrict__ tris, const ListEntry* lis
       bound2 = hit.bound2;
       bound = sqrtf(bound2);
     }
-    // The ball first (|p - m| - rho is a lower bound of the distance; margins as list_lower2's).
-    const Vec3 w = p - e.m;
-    const float reach = (bound + e.rho) * (1.f + kTieRel) + kTieAbs;
-    if (dot(w, w) > reach * reach) continue;
+    // The half-space toward the cell's centre first (u.p - s is a lower bound of the distance,
+    // nearly the distance itself for a far sample; shrunk by the tie margins as list_lower2's).
+    const float h = dot(e.u, p) - e.s;
+    if (h * (1.f - kTieRel) - kTieAbs > bound) continue;
     FGP_TRACE(kTraceListPlane);
-    if (list_lower2(e, w) > hit.bound2) continue;
+    if (list_lower2(e, p - e.m) > hit.bound2) continue;
     FGP_TRACE(kTraceExact);
     Vec3 a, b, c;
     int face;
     load_tri(tris, e.k, a, b, c, face);
     hit_offer(hit, face, point_triangle_dist2(p, a, b, c));
   }
+  if (!hit_lost(hit)) return;
+  // A dropped window member may be lower than the kept face: the lowest face within the final
+  // bound, again from the list (it holds the whole window; bvh_resolve_lost's job, without the tree).
+  bound = sqrtf(hit.bound2);
+  for (int j = 0; j < count; ++j) {
+    FGP_TRACE(kTraceResolve);
+    const ListEntry& e = list[j];
+    const float h = dot(e.u, p) - e.s;
+    if (h * (1.f - kTieRel) - kTieAbs > bound || list_lower2(e, p - e.m) > hit.bound2) continue;
+    Vec3 a, b, c;
+    int face;
+    load_tri(tris, e.k, a, b, c, face);
+    if (face >= hit.face) continue;
+    FGP_TRACE(kTraceExact);
+    if (point_triangle_dist2(p, a, b, c) <= hit.bound2) hit.face = face;
+  }
+  hit.lost2 = INFINITY;
 }
 
 // ------------------------------------------------------------------ CPU-side build and refit

@@ -270,10 +270,9 @@ FGP_HD bool tile_member(const PixelRay& r, Vec3 pw) {
 FGP_HD int flow_sample(const FlowPixelArgs& A, const CamParams& cam, const PixelRay& r, Vec3 pw, int n, int prev,
                        const ListEntry* list, int count) {
   Hit hit = no_hit();
-  if (prev >= 0) offer_face(A.vt, A.faces, prev, pw, hit);
+  if (prev >= 0 && count < 0) offer_face(A.vt, A.faces, prev, pw, hit);  // (a list starts with a nearer one)
   if (count >= 0) {
     offer_shortlist(A.tris, list, count, pw, hit);
-    if (hit_lost(hit)) bvh_resolve_lost(A.nodes, A.tris, pw, hit);
   } else {
     bvh_nearest(A.nodes, A.tris, pw, hit);
   }
@@ -291,6 +290,20 @@ FGP_HD int flow_sample(const FlowPixelArgs& A, const CamParams& cam, const Pixel
   return prev;
 }
 
+// Seed the tile's cell with a member sample's previous face (the nearest triangle one sample back
+// along its ray: near this sample's nearest too). On CUDA every lane calls it with its own.
+FGP_HD void tile_seed(const FlowPixelArgs& A, TileCell& C, float& far2, bool member, int prev) {
+  const bool seeded = member && prev >= 0 && prev < A.F;
+  StepTri t{};
+  if (seeded) {
+    Vec3 a, b, c;
+    load_face(A.vt, A.faces, prev, a, b, c);
+    t = step_tri(a, b, c, C);
+  }
+  float reach2 = INFINITY;  // (bvh_shortlist derives it from far2)
+  cell_update(C, far2, reach2, seeded, t);
+}
+
 // flow_kernel's warp: a tile of kTileW x kTileH pixels, whose background samples of one index share
 // a shortlist when at least kTileMinShared of them do (fewer: per-sample traversal is cheaper).
 constexpr int kTileW = 8, kTileH = 4, kTileLanes = kTileW * kTileH;
@@ -304,6 +317,7 @@ constexpr int kTileMinShared = FGP_TILE_MIN_SHARED;
 inline void flow_tile(const FlowPixelArgs& A, const CamParams& cam, int x0, int y0, ListEntry* list, int cap) {
   PixelRay r[kTileLanes];
   int prev[kTileLanes];
+  FrontierNode frontier[2 * kFrontier];
   int lanes = 0;
   for (int j = 0; j < kTileH && y0 + j < A.H; ++j)
     for (int i = 0; i < kTileW && x0 + i < A.W; ++i) {
@@ -328,7 +342,11 @@ inline void flow_tile(const FlowPixelArgs& A, const CamParams& cam, int x0, int 
     if (members >= kTileMinShared) {
       FGP_TRACE_LANE(kTraceShared);
       FGP_TRACE(kTraceSample);
-      count = bvh_shortlist(A.nodes, A.tris, lo, hi, list, cap);
+      FGP_TRACE(kTraceTileSeed);
+      TileCell C = tile_cell(lo, hi);
+      float far2 = INFINITY;
+      for (int l = 0; l < lanes; ++l) tile_seed(A, C, far2, member[l], prev[l]);
+      count = bvh_shortlist(A.nodes, A.tris, C, far2, list, cap, frontier);
     }
     for (int l = 0; l < lanes; ++l) {
       FGP_TRACE_LANE(l);

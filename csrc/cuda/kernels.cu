@@ -195,6 +195,7 @@ __global__ void flow_kernel(const float* __restrict__ vt, const float* __restric
   const int tid = threadIdx.y * blockDim.x + threadIdx.x;
   __shared__ CamParams cam_s;
   __shared__ ListEntry lists[kFlowWarps][kListCapCuda];
+  __shared__ FrontierNode frontiers[kFlowWarps][2 * kFrontier];
   if (tid == 0) load_cam(K, w2c, b, cam_s);
   __syncthreads();
   const bool live = x < W && y < H;
@@ -214,8 +215,12 @@ __global__ void flow_kernel(const float* __restrict__ vt, const float* __restric
     const bool member = live && tile_member(r, pw);
     Vec3 lo, hi;
     int count = -1;
-    if (tile_sample_box(member, pw, lo, hi) >= kTileMinShared)  // warp-uniform: the warp walks in step
-      count = bvh_shortlist(A.nodes, A.tris, lo, hi, list, kListCapCuda);
+    if (tile_sample_box(member, pw, lo, hi) >= kTileMinShared) {  // warp-uniform: the warp walks in step
+      TileCell C = tile_cell(lo, hi);
+      float far2 = INFINITY;
+      tile_seed(A, C, far2, member, prev);
+      count = bvh_shortlist(A.nodes, A.tris, C, far2, list, kListCapCuda, frontiers[tid >> 5]);
+    }
     if (live) prev = flow_sample(A, cam, r, pw, n, prev, list, member ? count : -1);
     __syncwarp();  // every lane is done with the list before the next index rewrites it
   }

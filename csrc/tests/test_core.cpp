@@ -213,7 +213,7 @@ static void test_shortlist_matches_brute_force() {
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
   Mesh meshes[2] = {bumpy_grid(rng), soup(rng, 600)};
-  int mismatches = 0, walks = 0, gave_up = 0, bound_errors = 0, points = 0;
+  int mismatches = 0, walks = 0, gave_up = 0, bound_errors = 0, points = 0, missing = 0;
   for (const Mesh& m : meshes) {
     const int64_t V = m.v.size() / 3;
     const Tree tree(m);
@@ -232,7 +232,19 @@ static void test_shortlist_matches_brute_force() {
         hi = Vec3{std::fmax(hi.x, q.x), std::fmax(hi.y, q.y), std::fmax(hi.z, q.z)};
       }
       const int cap = t % 3 == 0 ? 6 : kListCapCpu;
-      const int count = bvh_shortlist(nodes, tri, lo, hi, list.data(), cap);
+      // Half the walks start from seeds (any triangles are valid ones: here random faces, one of
+      // them near), half from the descent.
+      TileCell C = tile_cell(lo, hi);
+      float far2 = INFINITY, reach2 = INFINITY;
+      if (t % 2 == 0)
+        for (int sd = 0; sd < 4; ++sd) {
+          const int f = sd == 0 ? brute(m, c).face : static_cast<int>((U(rng) * 0.5f + 0.5f) * (m.f.size() / 3 - 1));
+          Vec3 a, bb, cc;
+          load_face(m.v.data(), m.f.data(), f, a, bb, cc);
+          cell_update(C, far2, reach2, true, step_tri(a, bb, cc, C));
+        }
+      FrontierNode frontier[2 * kFrontier];
+      const int count = bvh_shortlist(nodes, tri, C, far2, list.data(), cap, frontier);
       ++walks;
       if (count < 0) {
         ++gave_up;
@@ -241,10 +253,22 @@ static void test_shortlist_matches_brute_force() {
       for (const Vec3& q : p) {
         Hit h = no_hit();
         offer_shortlist(tri, list.data(), count, q, h);
-        if (hit_lost(h)) bvh_resolve_lost(nodes, tri, q, h);
         const Hit b = brute(m, q);
         mismatches += h.face != b.face || h.best2 != b.best2;
         ++points;
+        // Every member of q's tie window is listed (not only the winner).
+        std::vector<char> listed(m.f.size() / 3, 0);
+        for (int j = 0; j < count; ++j) {
+          Vec3 a, bb, cc;
+          int face;
+          load_tri(tri, list[j].k, a, bb, cc, face);
+          listed[face] = 1;
+        }
+        for (size_t f = 0; f < listed.size(); ++f) {
+          Vec3 a, bb, cc;
+          load_face(m.v.data(), m.f.data(), static_cast<int>(f), a, bb, cc);
+          missing += !listed[f] && point_triangle_dist2(q, a, bb, cc) <= b.bound2;
+        }
         for (int j = 0; j < count; ++j) {
           Vec3 a, bb, cc;
           int face;
@@ -255,6 +279,7 @@ static void test_shortlist_matches_brute_force() {
     }
   }
   CHECK(mismatches == 0);
+  CHECK(missing == 0);
   CHECK(bound_errors == 0);
   CHECK(points > 3000);
   CHECK(gave_up > 0 && gave_up < walks);  // both paths ran
