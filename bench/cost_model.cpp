@@ -178,10 +178,10 @@ int main(int argc, char** argv) {
           double c = 0;
           for (int e : sh) {
             c += cost[e];
-            my_mix[0].by_event[e] += cost[e];
+            my_mix[kind].by_event[e] += cost[e];
           }
           c -= cost[kTraceSample];
-          my_mix[0].by_event[kTraceSample] -= cost[kTraceSample];
+          my_mix[kind].by_event[kTraceSample] -= cost[kTraceSample];
           warp += c;
           useful += c;  // strict: the walk's work counted once (every lane runs it in step)
           active_extra += c * (lanes - 1);
@@ -225,7 +225,7 @@ int main(int argc, char** argv) {
             useful += cost[e] * ls[l].prologue[e];
           }
           warp += cost[e] * most;
-          my_mix[0].by_event[e] += cost[e] * most;
+          my_mix[kind].by_event[e] += cost[e] * most;
         }
         for (int lp = 0; lp < kLoops; ++lp) {
           size_t iters = 0;
@@ -240,7 +240,7 @@ int main(int argc, char** argv) {
                   useful += cost[e] * k;
                 }
               warp += cost[e] * most;
-              my_mix[0].by_event[e] += cost[e] * most;
+              my_mix[kind].by_event[e] += cost[e] * most;
             }
         }
         if (!sh.empty()) {  // every member lane walks the whole list; none did: it overflowed
@@ -264,8 +264,8 @@ int main(int argc, char** argv) {
         cls[k].listed += my_cls[k].listed;
         cls[k].shortlisted += my_cls[k].shortlisted;
       }
-      for (int e = 0; e < kTraceEvents; ++e) mix[0].by_event[e] += my_mix[0].by_event[e];
       for (int k = 0; k < 3; ++k) {
+        for (int e = 0; e < kTraceEvents; ++e) mix[k].by_event[e] += my_mix[k].by_event[e];
         mix[k].warp_instr += my_mix[k].warp_instr;
         mix[k].lane_instr += my_mix[k].lane_instr;
         mix[k].samples += my_mix[k].samples;
@@ -306,8 +306,12 @@ int main(int argc, char** argv) {
          "\"descents\": %.3f, \"walk_steps\": %.2f, \"shared_warp_instructions\": %.6e},\n",
          shared_runs, overflows, list_total / std::max(1.0, shared_runs - overflows), tile_nodes / runs, tile_descents / runs, tile_tris / runs,
          shared_instr);
-  printf("  \"by_event\": [");
-  for (int e = 0; e < kTraceEvents; ++e) printf("%s%.6e", e ? ", " : "", mix[0].by_event[e]);
+  printf("  \"by_event\": [");  // per warp mix (head, background, mixed), per event
+  for (int k = 0; k < 3; ++k) {
+    printf("%s[", k ? ", " : "");
+    for (int e = 0; e < kTraceEvents; ++e) printf("%s%.6e", e ? ", " : "", mix[k].by_event[e]);
+    printf("]");
+  }
   printf("],\n");
   printf("  \"warp_instructions\": %.6e,\n  \"lane_efficiency\": %.4f,\n  \"active_lane_efficiency\": %.4f\n}\n",
          warp_total, lane_total / (kWarp * warp_total), (lane_total + active_total) / (kWarp * warp_total));

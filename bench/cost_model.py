@@ -259,12 +259,13 @@ def main():
     print(f"  {res['warp_instructions'] / 1e9:.2f} G warp-instructions/frame, background warps "
           f"{100 * res['background_warp_share']:.0f}%; H200 at full issue {res['ms_at_full_issue_h200']:.2f} ms, "
           f"at 60% {res['ms_at_60pct_issue_h200']:.2f} ms")
-    total = res["warp_instructions"]
-    split = sorted(((v, e) for e, v in zip(EVENTS, res["by_event"]) if v > 0), reverse=True)
-    fixed = total - sum(res["by_event"])
-    print("  by event (G warp-instructions): " + ", ".join(f"{e} {v / 1e9:.2f}" for v, e in split)
-          + f", fixed per sample/pixel {fixed / 1e9:.2f}")
-    res["by_event"] = dict(zip(EVENTS, res["by_event"]))
+    by_mix = dict(zip(("head_warps", "background_warps", "mixed_warps"), res["by_event"]))
+    for mix, costs_of in by_mix.items():
+        split = sorted(((v, e) for e, v in zip(EVENTS, costs_of) if v > 0), reverse=True)
+        fixed = res[mix]["warp_instructions"] - sum(costs_of)
+        print(f"  {mix.replace('_', ' ')} by event (G warp-instructions): "
+              + ", ".join(f"{e} {v / 1e9:.2f}" for v, e in split if v >= 5e6) + f", fixed per sample {fixed / 1e9:.2f}")
+    res["by_event"] = {mix: dict(zip(EVENTS, c)) for mix, c in by_mix.items()}
     print(f"  costs (instructions/event, {costs['source']}): {costs['events']}, per pixel {costs['pixel']}")
     if args.json:
         with open(args.json, "w") as fh:
