@@ -323,14 +323,15 @@ constexpr float kCellK = 1.f + 2.44140625e-04f;
 FGP_HD void cell_set_v(TileCell& C, Vec3 v, float v2) {
   C.v = v;
   C.v2 = v2;
-  const float d = sqrtf(v2);
+  const float d = v2 * approx_rsqrt(v2);  // (approximate: thr's margin is 10^4 times its error)
   if (!(d > 0.f)) {
     C.kw = Vec3{0.f, 0.f, 0.f};
     C.thr = INFINITY;
     return;
   }
-  C.kw = (kCellK / d) * (C.c - v);
-  C.thr = kCellK * d + kCellK * dot(C.h, C.h) / (2.f * d) + kCellAbs;
+  const float inv = approx_div(1.f, d);
+  C.kw = (kCellK * inv) * (C.c - v);
+  C.thr = kCellK * d + (0.5f * kCellK * inv) * dot(C.h, C.h) + kCellAbs;
 }
 
 FGP_HD TileCell tile_cell(Vec3 lo, Vec3 hi) {
@@ -366,7 +367,7 @@ FGP_HD bool cell_beyond_box(const TileCell& C, Vec3 lo, Vec3 hi) {
   const Vec3 g = C.c - q;
   const float g2 = dot(g, g);
   if (!(g2 > 0.f)) return false;
-  const Vec3 u = (1.f / sqrtf(g2)) * g;
+  const Vec3 u = approx_rsqrt(g2) * g;  // s below is the box's support along this u, whatever its rounding
   const float s = (fgp_max(u.x * lo.x, u.x * hi.x) + fgp_max(u.y * lo.y, u.y * hi.y)) + fgp_max(u.z * lo.z, u.z * hi.z);
   return cell_beyond(C, u, s);
 }
@@ -378,7 +379,7 @@ FGP_HD ListEntry list_entry(Vec3 a, Vec3 b, Vec3 c, int k, float tile2, Vec3 u) 
   e.m = (1.f / 3.f) * ((a + b) + c);
   const Vec3 nn = cross(b - a, c - a);
   const float len = sqrtf(dot(nn, nn));
-  e.n = len > 0.f ? (1.f / len) * nn : Vec3{0.f, 0.f, 0.f};
+  e.n = len > 0.f ? approx_div(1.f, len) * nn : Vec3{0.f, 0.f, 0.f};  // |n| within ulps of 1: covered by the slack
   const Vec3 da = a - e.m, db = b - e.m, dc = c - e.m;
   e.delta = fmax3(fabsf(dot(da, e.n)), fabsf(dot(db, e.n)), fabsf(dot(dc, e.n)));
   e.rho = sqrtf(fmax3(dot(da, da), dot(db, db), dot(dc, dc)));
@@ -426,10 +427,10 @@ FGP_HD StepTri step_tri(Vec3 a, Vec3 b, Vec3 c, const TileCell& C) {
   Vec3 tlo, thi;
   tri_box(a, b, c, tlo, thi);
   t.tile2 = box_box_dist2(tlo, thi, C.lo, C.hi);
-  t.q = bary_point(closest_point_bary(C.c, a, b, c), a, b, c);
+  t.q = bary_point(closest_point_bary<true>(C.c, a, b, c), a, b, c);  // any point of t serves as v
   const Vec3 g = C.c - t.q;
   t.c2 = dot(g, g);
-  t.u = t.c2 > 0.f ? (1.f / sqrtf(t.c2)) * g : Vec3{0.f, 0.f, 0.f};
+  t.u = t.c2 > 0.f ? approx_rsqrt(t.c2) * g : Vec3{0.f, 0.f, 0.f};  // s is t's support along any u
   return t;
 }
 

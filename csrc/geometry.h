@@ -40,8 +40,34 @@ FGP_HD float fmax3(float a, float b, float c) { return fgp_max(a, fgp_max(b, c))
 // Division that leaves the numerator alone for a zero denominator (as _safe_div in geometry.py).
 FGP_HD float safe_div(float num, float den) { return num / (den == 0.f ? 1.f : den); }
 
+// Approximate division and reciprocal square root (a few ulps on CUDA, exact on the CPU) for
+// bounds and directions whose margins are orders of magnitude above their error; never for the
+// distances and fields the reference is compared with.
+FGP_HD float approx_div(float num, float den) {
+#ifdef __CUDA_ARCH__
+  return __fdividef(num, den);
+#else
+  return num / den;
+#endif
+}
+FGP_HD float approx_rsqrt(float x) {
+#ifdef __CUDA_ARCH__
+  return rsqrtf(x);
+#else
+  return 1.f / sqrtf(x);
+#endif
+}
+
 // Barycentrics (u, v, w) of the point of triangle (a, b, c) closest to p: Ericson's region test
 // (Real-Time Collision Detection, 5.1.5). Degenerate triangles land in a vertex or edge region.
+// Approx: the divisions by approx_div (for a point on the triangle near the closest one, as the
+// tile walk's v; the distances the answers use always take the exact form).
+template <bool Approx>
+FGP_HD float region_div(float num, float den) {
+  return Approx ? approx_div(num, den == 0.f ? 1.f : den) : safe_div(num, den);
+}
+
+template <bool Approx = false>
 FGP_HD Vec3 closest_point_bary(Vec3 p, Vec3 a, Vec3 b, Vec3 c) {
   const Vec3 ab = b - a, ac = c - a, ap = p - a;
   const float d1 = dot(ab, ap), d2 = dot(ac, ap);
@@ -51,7 +77,7 @@ FGP_HD Vec3 closest_point_bary(Vec3 p, Vec3 a, Vec3 b, Vec3 c) {
   if (d3 >= 0.f && d4 <= d3) return Vec3{0.f, 1.f, 0.f};  // vertex B
   const float vc = d1 * d4 - d3 * d2;
   if (vc <= 0.f && d1 >= 0.f && d3 <= 0.f) {  // edge AB
-    const float t = safe_div(d1, d1 - d3);
+    const float t = region_div<Approx>(d1, d1 - d3);
     return Vec3{1.f - t, t, 0.f};
   }
   const Vec3 cp = p - c;
@@ -59,16 +85,16 @@ FGP_HD Vec3 closest_point_bary(Vec3 p, Vec3 a, Vec3 b, Vec3 c) {
   if (d6 >= 0.f && d5 <= d6) return Vec3{0.f, 0.f, 1.f};  // vertex C
   const float vb = d5 * d2 - d1 * d6;
   if (vb <= 0.f && d2 >= 0.f && d6 <= 0.f) {  // edge AC
-    const float t = safe_div(d2, d2 - d6);
+    const float t = region_div<Approx>(d2, d2 - d6);
     return Vec3{1.f - t, 0.f, t};
   }
   const float va = d3 * d6 - d5 * d4;
   if (va <= 0.f && (d4 - d3) >= 0.f && (d5 - d6) >= 0.f) {  // edge BC
-    const float t = safe_div(d4 - d3, (d4 - d3) + (d5 - d6));
+    const float t = region_div<Approx>(d4 - d3, (d4 - d3) + (d5 - d6));
     return Vec3{0.f, 1.f - t, t};
   }
   const float den = va + vb + vc;  // interior
-  const float v = safe_div(vb, den), w = safe_div(vc, den);
+  const float v = region_div<Approx>(vb, den), w = region_div<Approx>(vc, den);
   return Vec3{1.f - v - w, v, w};
 }
 
