@@ -671,8 +671,9 @@ struct FrontierNode {
 // the samples' previous faces). Returns its length, or -1 when more than `cap` triangles or
 // kFrontier nodes stay in reach (the caller then traverses per sample). Breadth first: each step
 // tests the children of up to 16 frontier nodes against reach2 and cell_beyond_box (on CUDA one
-// child per lane, scratch in shared memory; the CPU runs the same steps in the same order, so the
-// lists are equal), keeps the inner ones that stay in reach for the next level and queues the
+// child per lane, scratch in shared memory; the CPU runs the same steps in the same order, its
+// bounds without CUDA's approximate divisions, so a list may differ by a triangle at a margin,
+// never an answer), keeps the inner ones that stay in reach for the next level and queues the
 // leaves, whose triangles lower the bounds as they are stepped. scratch: 2 * kFrontier entries.
 FGP_HD int bvh_shortlist(const BVHNode* __restrict__ nodes, const float* __restrict__ tris, TileCell& C, float far2,
                          ListEntry* list, int cap, FrontierNode* scratch) {
