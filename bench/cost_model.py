@@ -110,7 +110,7 @@ def calibrate() -> dict:
     text = next(sec for sec in re.split(r"//-{5,} \.text\.", sass) if "flow_kernel" in sec.split("\n", 1)[0])
     maps = {os.path.join(CSRC, f): _regions(os.path.join(CSRC, f)) for f in ("bvh.h", "flow_core.h")}
     counts, loads = Counter(), Counter()
-    sites = {"filter": set(), "tilestep": set()}   # regions of helpers inlined at several call sites
+    sites = {"filter": set(), "tilestep": set(), "tilequeue": set()}   # regions of helpers inlined at several call sites
     chain: list[tuple[str, int]] = []   # the inline chain, innermost first: one comment line per frame
     fresh = True
     for line in text.splitlines():

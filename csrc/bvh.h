@@ -405,10 +405,14 @@ FGP_HD float list_lower2(const ListEntry& e, Vec3 w) {
 
 // Leaves the walk has reached but not yet looked into, taken together so one step fills the
 // warp's lanes (a leaf holds only a few triangles).
-constexpr int kPendingLeaves = 8;
 struct Pending {
-  int start[kPendingLeaves], end[kPendingLeaves];
-  int leaves = 0, tris = 0;
+  int tris = 0;  // queued triangles (<= kWarpLanes)
+#ifdef __CUDA_ARCH__
+  int k = -1;    // this lane's queued triangle (lanes 0 .. tris-1 hold one)
+#else
+  int start[kWarpLanes], end[kWarpLanes];  // the queued pieces of leaves, in order
+  int leaves = 0;
+#endif
 };
 
 // What a reached triangle tells the tile: its point q nearest the cell's centre (a v candidate),
@@ -483,12 +487,7 @@ FGP_HD bool shortlist_step(const float* __restrict__ tris, Pending& pend, TileCe
   FGP_TRACE(kTraceTileStep);
 #ifdef __CUDA_ARCH__
   const int lane = (threadIdx.y * blockDim.x + threadIdx.x) & 31;
-  int k = -1;
-  for (int i = 0, base = 0; i < pend.leaves; ++i) {
-    const int len = pend.end[i] - pend.start[i];
-    if (lane >= base && lane < base + len) k = pend.start[i] + lane - base;
-    base += len;
-  }
+  const int k = pend.k;
   const bool active = k >= 0;
   StepTri t{};
   if (active) {
@@ -498,7 +497,8 @@ FGP_HD bool shortlist_step(const float* __restrict__ tris, Pending& pend, TileCe
     t = step_tri(a, b, c, C);
   }
   cell_update(C, far2, reach2, active, t);
-  pend.leaves = pend.tris = 0;
+  pend.k = -1;
+  pend.tris = 0;
   const bool keep = active && step_keep(t, C, reach2);
   const unsigned mask = __ballot_sync(0xffffffffu, keep);
   const int kept = __popc(mask);
@@ -537,11 +537,16 @@ FGP_HD bool shortlist_leaf(const float* __restrict__ tris, Pending& pend, int st
   FGP_TRACE(kTraceTileQueue);
   for (int k0 = start; k0 < end; k0 += kWarpLanes) {
     const int k1 = end - k0 > kWarpLanes ? k0 + kWarpLanes : end;
-    if (pend.tris + (k1 - k0) > kWarpLanes || pend.leaves == kPendingLeaves)
-      if (!shortlist_step(tris, pend, C, far2, reach2, list, count, cap)) return false;
+    if (pend.tris + (k1 - k0) > kWarpLanes && !shortlist_step(tris, pend, C, far2, reach2, list, count, cap))
+      return false;
+#ifdef __CUDA_ARCH__
+    const int lane = (threadIdx.y * blockDim.x + threadIdx.x) & 31;
+    if (lane >= pend.tris && lane < pend.tris + (k1 - k0)) pend.k = k0 + (lane - pend.tris);
+#else
     pend.start[pend.leaves] = k0;
     pend.end[pend.leaves] = k1;
     ++pend.leaves;
+#endif
     pend.tris += k1 - k0;
   }
   return true;
@@ -689,7 +694,7 @@ FGP_HD int bvh_shortlist(const BVHNode* __restrict__ nodes, const float* __restr
     load_node(nodes, 0, lo, hi, li, ui);
     if (li < 0) {  // a one-leaf tree
       if (!shortlist_leaf(tris, pend, ~li, ui, C, far2, reach2, list, count, cap)) return -1;
-      if (pend.leaves > 0 && !shortlist_step(tris, pend, C, far2, reach2, list, count, cap)) return -1;
+      if (pend.tris > 0 && !shortlist_step(tris, pend, C, far2, reach2, list, count, cap)) return -1;
       return shortlist_filter(list, count, C, reach2);
     }
 #ifdef __CUDA_ARCH__
@@ -754,7 +759,7 @@ FGP_HD int bvh_shortlist(const BVHNode* __restrict__ nodes, const float* __restr
     nxt = t;
     fc = nc;
   }
-  if (pend.leaves > 0 && !shortlist_step(tris, pend, C, far2, reach2, list, count, cap)) return -1;
+  if (pend.tris > 0 && !shortlist_step(tris, pend, C, far2, reach2, list, count, cap)) return -1;
   return shortlist_filter(list, count, C, reach2);
 }
 
