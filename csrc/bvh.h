@@ -675,7 +675,7 @@ struct FrontierNode {
 // Grandchild j (0-3) of a frontier node: of its left (j < 2) or right child, the left (even j) or
 // right one; a child that is a leaf stands for itself at even j and is absent at odd j. Testing
 // grandchildren directly skips the children's own test (their boxes hold the grandchildren's, so
-// it could prune nothing more) and halves the walk's steps.
+// it would seldom prune more) and halves the walk's steps.
 FGP_HD bool frontier_grandchild(const BVHNode* __restrict__ nodes, FrontierNode fn, int j, Vec3& lo, Vec3& hi,
                                 int& l, int& u) {
   const int child = (j & 2) ? fn.right : fn.left;
