@@ -11,8 +11,10 @@ Forking needs care: the child runs only the render function, single-threaded (to
 OpenCV pools set to one thread, so no pool state inherited from the parent is used), never
 collects the parent's objects (``gc.freeze`` around the fork), never CUDA
 (:func:`can_fork_renderer` says no for a portrait whose renderer is not on the CPU). A failure in
-the child comes back as the child's exception; a child that dies comes back as a
-:class:`~fgp_fast.errors.WorkerError`, never as a hang.
+the child comes back as the child's exception; a child that dies, does not report ready within
+``START_TIMEOUT`` (the fork inherited a lock or a thread pool it then waits on: PyAV's per-thread
+swscale context did that) or leaves a job unanswered for ``JOB_TIMEOUT`` is killed and comes back as
+a :class:`~fgp_fast.errors.WorkerError`, never as a hang.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ __all__ = ["WORKERS", "RenderWorker", "WorkerPool", "can_fork_renderer", "ordere
 
 _POLL = 0.2  # seconds between looks for the last message while closing
 WORKERS = 2  # render processes animate and serve fork (frames go to them in turn)
+START_TIMEOUT = 10.0  # seconds a forked child has to report ready (it takes well under one)
+JOB_TIMEOUT = 120.0  # seconds a result may take once asked for (a frame takes well under one)
 
 
 def can_fork_renderer(portraits) -> bool:
@@ -78,6 +82,7 @@ def _child(render: Callable, jobs, results) -> None:
     except Exception:  # noqa: BLE001 -- no extension: nothing to set
         pass
     busy = 0.0
+    results.send_bytes(pickle.dumps((None, "ready", os.getpid(), 0.0)))
     while True:
         msg = jobs.get()
         if msg is None:
@@ -101,9 +106,15 @@ def _child(render: Callable, jobs, results) -> None:
 class RenderWorker:
     """``submit(job)`` then ``result()`` (in submission order) renders ``render(job)`` in a forked
     child. ``close()`` stops it (also on errors; the child is a daemon and is killed if it does not
-    stop). ``seconds``: the child's busy time once closed; ``peak_rss_mb``: its peak RSS."""
+    stop). ``seconds``: the child's busy time once closed; ``peak_rss_mb``: its peak RSS.
+    ``start_timeout`` / ``job_timeout``: seconds before a child that is not ready / a result that
+    does not come is given up on (the child killed, WorkerError)."""
 
-    def __init__(self, render: Callable, name: str = "fgp-render"):
+    def __init__(self, render: Callable, name: str = "fgp-render", *, start_timeout: float = START_TIMEOUT,
+                 job_timeout: float = JOB_TIMEOUT):
+        if not (start_timeout > 0 and job_timeout > 0):
+            raise ValueError(f"timeouts must be positive, got start {start_timeout}, job {job_timeout}")
+        self._timeouts = (start_timeout, job_timeout)
         ctx = multiprocessing.get_context("fork")
         self._jobs = ctx.Queue()  # the caller never blocks on a job (a feeder thread sends it)
         self._results, child_end = ctx.Pipe(duplex=False)
@@ -126,6 +137,7 @@ class RenderWorker:
             if cv2 is not None:
                 cv2.setNumThreads(threads)
         child_end.close()  # the child's copy stays open: its exit is the parent's end of file
+        self._ready_by: float | None = time.monotonic() + start_timeout  # None once it said ready
         self._sent = self._got = 0
         self.seconds = 0.0
         self.peak_rss_mb: float | None = None
@@ -143,18 +155,33 @@ class RenderWorker:
         self._jobs.put((self._sent, pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)))
         self._sent += 1
 
-    def _get(self):
+    def _get(self, timeout: float, late: str):
         try:
+            if not self._results.poll(max(timeout, 0.0)):
+                self._proc.kill()
+                self._proc.join(timeout=2.0)
+                raise WorkerError(f"the render worker {late}: killed it")
             return pickle.loads(self._results.recv_bytes())
         except (EOFError, OSError):
             self._proc.join(timeout=2.0)
             raise WorkerError(f"the render worker died (exit code {self._proc.exitcode})") from None
 
+    def _await_ready(self) -> None:
+        if self._ready_by is None:
+            return
+        left = self._ready_by - time.monotonic()
+        _, kind, _, _ = self._get(left, f"did not report ready within {self._timeouts[0]:g} s of the fork "
+                                        "(it waits on a lock or thread pool it inherited?)")
+        if kind != "ready":
+            raise WorkerError(f"the render worker said {kind!r} before it said it was ready")
+        self._ready_by = None
+
     def result(self):
         """The next job's rendered result; the child's exception if the job failed."""
         if not self.pending:
             raise WorkerError("no job is waiting for a result")
-        n, kind, value, text = self._get()
+        self._await_ready()
+        n, kind, value, text = self._get(self._timeouts[1], f"gave no result in {self._timeouts[1]:g} s")
         self._got += 1
         if n != self._got - 1:
             raise WorkerError(f"the render worker answered job {n} out of order")

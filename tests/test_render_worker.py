@@ -172,3 +172,114 @@ def test_a_stream_session_renders_the_same_through_the_pool_and_falls_back_when_
     assert outputs[0] == outputs[1] == outputs[2]
     assert sessions[1].render_pool is pool and sessions[2].render_pool is None
     assert "rendering in the server process" in caplog.text
+
+
+class _HeldLock:
+    """A thread-local value whose destructor takes a lock its thread holds: a forked child frees it
+    with the thread's state and waits for ever (as PyAV's per-thread swscale pool did)."""
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __del__(self):
+        with self.lock:
+            pass
+
+
+def _thread_holding(setup):
+    """A live thread that ran ``setup()`` and waits; returns (thread, release)."""
+    import threading
+
+    ready, release = threading.Event(), threading.Event()
+    errors = []
+
+    def run():
+        try:
+            setup()
+        except BaseException as exc:  # noqa: BLE001 -- reported by the caller
+            errors.append(exc)
+        ready.set()
+        release.wait(60)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(60)
+    if errors:
+        raise errors[0]
+    return thread, release
+
+
+def test_a_child_that_hangs_after_the_fork_is_killed_not_waited_on():
+    import threading
+
+    lock, local = threading.Lock(), threading.local()
+
+    def setup():
+        lock.acquire()
+        local.value = _HeldLock(lock)
+
+    thread, release = _thread_holding(setup)
+    try:
+        worker = RenderWorker(lambda job: job, start_timeout=2.0)
+        worker.submit(1)
+        t = time.monotonic()
+        with pytest.raises(WorkerError, match="did not report ready within 2 s"):
+            worker.result()
+        assert time.monotonic() - t < 8 and not worker._proc.is_alive()
+        t = time.monotonic()
+        with pytest.raises(WorkerError, match="died"):                  # and fails fast from then on
+            worker.result()
+        assert time.monotonic() - t < 5
+        worker.close()
+    finally:
+        lock.release()
+        release.set()
+        thread.join(10)
+    with RenderWorker(lambda job: job + 1) as worker:                   # no such thread: it works
+        worker.submit(1)
+        assert worker.result() == 2
+
+
+def test_a_job_that_never_answers_is_given_up_on():
+    def render(job):
+        if job == 1:
+            time.sleep(120)
+        return job
+
+    worker = RenderWorker(render, job_timeout=1.0)
+    try:
+        worker.submit(0)
+        worker.submit(1)
+        assert worker.result() == 0
+        t = time.monotonic()
+        with pytest.raises(WorkerError, match="gave no result in 1 s"):
+            worker.result()
+        assert time.monotonic() - t < 6 and not worker._proc.is_alive()
+    finally:
+        worker.close()
+    with pytest.raises(ValueError, match="positive"):
+        RenderWorker(render, job_timeout=0)
+
+
+def test_a_thread_that_decoded_video_does_not_stop_a_worker_forking(tmp_path):
+    from clips import write_clip
+    from fgp_fast.media.video import VideoReader
+    from fgp_fast.samples import driver_clip
+
+    path = tmp_path / "clip.mp4"
+    write_clip(path, driver_clip(320, frames=6, fps=25), 25, tone=None)
+    frames = []
+
+    def decode():  # the reader stays open on that thread, as a pipeline's decoder does
+        reader = VideoReader(path)
+        frames.extend(reader)
+
+    thread, release = _thread_holding(decode)
+    try:
+        assert len(frames) == 6 and frames[0].shape == (320, 320, 3)
+        with RenderWorker(lambda job: int(frames[job].sum()), start_timeout=5.0) as worker:
+            worker.submit(3)
+            assert worker.result() == int(frames[3].sum())
+    finally:
+        release.set()
+        thread.join(10)
