@@ -68,7 +68,7 @@ FGP_HD float region_div(float num, float den) {
 }
 
 template <bool Approx = false>
-FGP_HD Vec3 closest_point_bary(Vec3 p, Vec3 a, Vec3 b, Vec3 c) {
+FGP_HD Vec3 closest_point_bary_regions(Vec3 p, Vec3 a, Vec3 b, Vec3 c) {
   const Vec3 ab = b - a, ac = c - a, ap = p - a;
   const float d1 = dot(ab, ap), d2 = dot(ac, ap);
   if (d1 <= 0.f && d2 <= 0.f) return Vec3{1.f, 0.f, 0.f};  // vertex A
@@ -96,6 +96,51 @@ FGP_HD Vec3 closest_point_bary(Vec3 p, Vec3 a, Vec3 b, Vec3 c) {
   const float den = va + vb + vc;  // interior
   const float v = region_div<Approx>(vb, den), w = region_div<Approx>(vc, den);
   return Vec3{1.f - v - w, v, w};
+}
+
+// The same regions, tested all at once and the first that holds selected: every operand of a
+// division is chosen before one pair of divisions, so no lane of a warp waits on another's region
+// (a diverged warp ran every region's code, three edge divisions and two interior ones). The same
+// expressions give the same bits as closest_point_bary_regions (test_core checks).
+template <bool Approx = false>
+FGP_HD Vec3 closest_point_bary_select(Vec3 p, Vec3 a, Vec3 b, Vec3 c) {
+  const Vec3 ab = b - a, ac = c - a, ap = p - a, bp = p - b, cp = p - c;
+  const float d1 = dot(ab, ap), d2 = dot(ac, ap);
+  const float d3 = dot(ab, bp), d4 = dot(ac, bp);
+  const float d5 = dot(ab, cp), d6 = dot(ac, cp);
+  const float vc = d1 * d4 - d3 * d2, vb = d5 * d2 - d1 * d6, va = d3 * d6 - d5 * d4;
+  const float e43 = d4 - d3, e56 = d5 - d6;
+  const bool in_a = d1 <= 0.f && d2 <= 0.f;
+  const bool in_b = d3 >= 0.f && d4 <= d3;
+  const bool on_ab = vc <= 0.f && d1 >= 0.f && d3 <= 0.f;
+  const bool in_c = d6 >= 0.f && d5 <= d6;
+  const bool on_ac = vb <= 0.f && d2 >= 0.f && d6 <= 0.f;
+  const bool on_bc = va <= 0.f && e43 >= 0.f && e56 >= 0.f;
+  // the first division: the edge's t (AB, else AC, else BC) or the interior's v; the second: w
+  float num = vb, den = va + vb + vc;
+  if (on_bc) { num = e43; den = e43 + e56; }
+  if (on_ac) { num = d2; den = d2 - d6; }
+  if (on_ab) { num = d1; den = d1 - d3; }
+  const float t = region_div<Approx>(num, den), w = region_div<Approx>(vc, va + vb + vc);
+  Vec3 out{1.f - t - w, t, w};                                  // interior
+  if (on_bc) out = Vec3{0.f, 1.f - t, t};
+  if (on_ac) out = Vec3{1.f - t, 0.f, t};
+  if (in_c) out = Vec3{0.f, 0.f, 1.f};
+  if (on_ab) out = Vec3{1.f - t, t, 0.f};
+  if (in_b) out = Vec3{0.f, 1.f, 0.f};
+  if (in_a) out = Vec3{1.f, 0.f, 0.f};
+  return out;
+}
+
+// CUDA takes the select form (warps diverge across regions), the CPU the early-out one (it
+// predicts its branches and skips the work of the regions after the one that holds).
+template <bool Approx = false>
+FGP_HD Vec3 closest_point_bary(Vec3 p, Vec3 a, Vec3 b, Vec3 c) {
+#ifdef __CUDA_ARCH__
+  return closest_point_bary_select<Approx>(p, a, b, c);
+#else
+  return closest_point_bary_regions<Approx>(p, a, b, c);
+#endif
 }
 
 FGP_HD Vec3 bary_point(Vec3 w, Vec3 a, Vec3 b, Vec3 c) {

@@ -68,6 +68,46 @@ struct Mesh {
   std::vector<int> f;
 };
 
+// The select form of the region test (CUDA's) gives the bits of the early-out form (the CPU's):
+// random triangles and points, points on the region boundaries (vertices, edge lines, the
+// triangle's plane), degenerate and flat triangles, non-finite coordinates; both Approx forms.
+static bool same_bits(Vec3 u, Vec3 v) {
+  return float_bits(u.x) == float_bits(v.x) && float_bits(u.y) == float_bits(v.y) &&
+         float_bits(u.z) == float_bits(v.z);
+}
+
+static void test_region_forms_agree() {
+  std::mt19937 rng(12345);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::uniform_int_distribution<int> pick(0, 9);
+  auto rnd = [&] { return Vec3{g(rng), g(rng), g(rng)}; };
+  int mismatches = 0, cases = 0;
+  int regions[7] = {0, 0, 0, 0, 0, 0, 0};
+  for (int i = 0; i < 400000; ++i) {
+    Vec3 a = rnd(), b = rnd(), c = rnd(), p = rnd();
+    switch (pick(rng)) {
+      case 0: p = a; break;                                       // on a vertex
+      case 1: p = a + 0.5f * (b - a); break;                      // on an edge
+      case 2: p = a + 0.3f * (b - a) + 0.3f * (c - a); break;     // in the plane, inside
+      case 3: b = a; break;                                       // degenerate
+      case 4: c = a + 2.f * (b - a); break;                       // collinear (flat)
+      case 5: p = a + 1e-7f * rnd(); break;                       // next to a vertex
+      case 6: p = Vec3{p.x * 1e4f, p.y * 1e4f, p.z}; break;     // far away
+      case 7: if (i % 97 == 0) p.x = (i % 2) ? NAN : INFINITY; break;
+      default: break;
+    }
+    const Vec3 r = closest_point_bary_regions(p, a, b, c), s = closest_point_bary_select(p, a, b, c);
+    const Vec3 ra = closest_point_bary_regions<true>(p, a, b, c), sa = closest_point_bary_select<true>(p, a, b, c);
+    mismatches += !same_bits(r, s) + !same_bits(ra, sa);
+    ++cases;
+    const int k = r.x == 1.f ? 0 : r.y == 1.f ? 1 : r.z == 1.f ? 2 : r.z == 0.f ? 3 : r.y == 0.f ? 4 : r.x == 0.f ? 5 : 6;
+    ++regions[k];
+  }
+  CHECK(mismatches == 0);
+  for (int k = 0; k < 7; ++k) CHECK(regions[k] > 1000);  // every region was reached
+  if (mismatches) std::printf("region forms: %d of %d cases differ\n", mismatches, 2 * cases);
+}
+
 static Mesh soup(std::mt19937& rng, int n) {
   std::normal_distribution<float> g(0.f, 1.f);
   Mesh m;
@@ -308,6 +348,7 @@ static void test_flow_kernel_writes_everything() {
 
 int main() {
   test_geometry();
+  test_region_forms_agree();
   test_bvh();
   test_ties_match_brute_force();
   test_shortlist_matches_brute_force();
