@@ -208,20 +208,23 @@ FGP_HD void bvh_search(const BVHNode* __restrict__ nodes, const float* __restric
     bool leaf = li < 0;
     while (!leaf) {
       FGP_TRACE(kTraceInner);
-      const float dl = node_dist2(nodes, li, p), dr = node_dist2(nodes, ui, p);
-      int near_node = li, far_node = ui;
-      float dn = dl, df = dr;
-      if (dr < dl) {
-        near_node = ui; far_node = li; dn = dr; df = dl;
-      }
+      // Both children whole: the near one's child indices come from this load, not a second one.
+      Vec3 llo, lhi, rlo, rhi;
+      int lli, lui, rli, rui;
+      load_node(nodes, li, llo, lhi, lli, lui);
+      load_node(nodes, ui, rlo, rhi, rli, rui);
+      const float dl = box_dist2(p, llo, lhi), dr = box_dist2(p, rlo, rhi);
+      const bool right = dr < dl;
+      const int far_node = right ? li : ui;
+      const float dn = right ? dr : dl, df = right ? dl : dr;
       if (df <= hit.bound2 && sp < kBVHStack) {
         stack_node[sp] = far_node;
         stack_d2[sp] = df;
         ++sp;
       }
       if (!(dn <= hit.bound2)) break;
-      node = near_node;
-      load_node(nodes, node, lo, hi, li, ui);
+      li = right ? rli : lli;
+      ui = right ? rui : lui;
       leaf = li < 0;
     }
     if (leaf) {
