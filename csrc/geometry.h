@@ -117,11 +117,12 @@ FGP_HD Vec3 closest_point_bary_select(Vec3 p, Vec3 a, Vec3 b, Vec3 c) {
   const bool on_ac = vb <= 0.f && d2 >= 0.f && d6 <= 0.f;
   const bool on_bc = va <= 0.f && e43 >= 0.f && e56 >= 0.f;
   // the first division: the edge's t (AB, else AC, else BC) or the interior's v; the second: w
-  float num = vb, den = va + vb + vc;
+  const float sum = va + vb + vc;
+  float num = vb, den = sum;
   if (on_bc) { num = e43; den = e43 + e56; }
   if (on_ac) { num = d2; den = d2 - d6; }
   if (on_ab) { num = d1; den = d1 - d3; }
-  const float t = region_div<Approx>(num, den), w = region_div<Approx>(vc, va + vb + vc);
+  const float t = region_div<Approx>(num, den), w = region_div<Approx>(vc, sum);
   Vec3 out{1.f - t - w, t, w};                                  // interior
   if (on_bc) out = Vec3{0.f, 1.f - t, t};
   if (on_ac) out = Vec3{1.f - t, 0.f, t};

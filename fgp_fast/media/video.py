@@ -31,18 +31,6 @@ def _av():
     return av
 
 
-def _to_rgb(reformatter, frame) -> np.ndarray:
-    """``frame`` as RGB through the reader's own swscale context, on the calling thread. PyAV's
-    ``frame.to_ndarray`` keeps a context per thread (thread-local) with its own pool of slice
-    threads; a process forked while that thread lives (render_worker) frees it in the child, whose
-    copy of the pool has no threads, and hangs there."""
-    try:
-        rgb = reformatter.reformat(frame, format="rgb24", threads=1)
-    except TypeError:  # PyAV < 14: no threads argument (and no sliced swscale)
-        rgb = reformatter.reformat(frame, format="rgb24")
-    return rgb.to_ndarray()
-
-
 class VideoReader:
     """A video file opened for streaming: the header's frame size is checked against the image
     limits and the first frame decoded at open (a corrupt or empty file fails here, before any
@@ -77,7 +65,11 @@ class VideoReader:
             self.frames = int(stream.frames) or None
             self.has_audio = bool(self._container.streams.audio)
             self.skipped = 0  # packets the decoder refused (e.g. a stray header packet), skipped
+            # Frames are converted through the reader's own swscale context, single-threaded: PyAV's
+            # frame.to_ndarray keeps one per thread (thread-local) with a pool of slice threads, and
+            # a process forked while that thread lives (render_worker) frees it and hangs there.
             self._reformatter = av.video.reformatter.VideoReformatter()
+            self._threads = {"threads": 1}  # emptied for PyAV < 14 (no threads argument, no sliced swscale)
             self._decoded = self._decode(stream)
             first = self._next_frame()
             if first is None:
@@ -116,7 +108,14 @@ class VideoReader:
     def _rgb(self, frame) -> np.ndarray:
         check_image_size(frame.width, frame.height, max_pixels=self._limits[0], max_side=self._limits[1],
                          name=f"video {self.path}")
-        return _to_rgb(self._reformatter, frame)
+        try:
+            rgb = self._reformatter.reformat(frame, format="rgb24", **self._threads)
+        except TypeError:
+            if not self._threads:
+                raise
+            self._threads = {}
+            rgb = self._reformatter.reformat(frame, format="rgb24")
+        return rgb.to_ndarray()
 
     def __iter__(self):
         if self._first is None:
