@@ -5,7 +5,8 @@
 //   nodes: 2*M BVHNode halves; node k = {lower, upper} = 32 bytes, one aligned load pair.
 //          inner: lower.i = left child, upper.i = right child (children come after the parent).
 //          leaf:  lower.i = ~start (negative), upper.i = end, a range of leaf-ordered triangles.
-//   tris:  F x 12 floats in leaf order: a.xyz, face id (int bits), b.xyz, 0, c.xyz, 0.
+//   tris:  F x 20 floats in leaf order: a.xyz, face id (int bits), b.xyz, 0, c.xyz, 0, then the
+//          triangle's bound (TriBound: m.xyz, rho, n.xyz, delta), written by the refit.
 // Topology (shared by the batch): topo M x 4 ints {lower.i, upper.i, parent, 0}; prim[k] = face
 // of leaf-ordered triangle k.
 #pragma once
@@ -42,7 +43,7 @@ constexpr int kTraceShared = -1;
 
 constexpr int kBVHStack = 64;     // traversal stack; the build caps the depth below this
 constexpr int kBVHMaxDepth = 56;  // SAH switches to median splits past 32, so depth stays small
-constexpr int kTriStride = 12;
+constexpr int kTriStride = 20;
 
 // ------------------------------------------------------------------ the tie rule
 // The answer for a point is the lowest face index among the triangles whose squared distance is
@@ -100,9 +101,73 @@ FGP_HD void hit_offer(Hit& h, int face, float d2) {
 FGP_HD bool hit_lost(const Hit& h) { return h.lost2 <= h.bound2; }
 
 
+// Where triangle a, b, c lies: within rho of its centroid m and within delta of the plane through m
+// with unit normal n (0 for a degenerate triangle). The refit stores it beside the vertices (IEEE
+// operations only, so the CPU and CUDA refits write the same bits; bvh_check_nodes recomputes it).
+struct TriBound {
+  Vec3 m;
+  float rho;
+  Vec3 n;
+  float delta;
+};
+
+FGP_HD TriBound tri_bound(Vec3 a, Vec3 b, Vec3 c) {
+  TriBound t;
+  t.m = (1.f / 3.f) * ((a + b) + c);
+  const Vec3 nn = cross(b - a, c - a);
+  const float len = sqrtf(dot(nn, nn));
+  t.n = len > 0.f ? Vec3{nn.x / len, nn.y / len, nn.z / len} : Vec3{0.f, 0.f, 0.f};
+  const Vec3 da = a - t.m, db = b - t.m, dc = c - t.m;
+  t.delta = fmax3(fabsf(dot(da, t.n)), fabsf(dot(db, t.n)), fabsf(dot(dc, t.n)));
+  t.rho = sqrtf(fmax3(dot(da, da), dot(db, db), dot(dc, dc)));
+  return t;
+}
+
+// Lower bound of the computed squared distance from p to the triangle of bound t: with w = p - m,
+// h = n.w and r the distance of p's projection on the plane from m, any point x of the triangle has
+// |p - x|^2 >= (|h| - delta)+^2 + (r - rho)+^2. Both terms are shrunk by the tie margins
+// (docs/tie_rule.md), far more than the float error of this bound and of the exact test, so it stays
+// below the computed distance. Near the surface it is much tighter than a box: of the neighbours of
+// p's foot only those whose ball reaches it pass. NaN (non-finite input) passes.
+FGP_HD float tri_lower2(const TriBound& t, Vec3 p) {
+  const Vec3 w = p - t.m;
+  const float h = dot(w, t.n);
+  const Vec3 q = w - h * t.n;
+  const float r = sqrtf(dot(q, q));
+  const float slack = kTieAbs + kTieRel * (fabsf(h) + r);
+  const float u = fgp_max(fabsf(h) - t.delta - slack, 0.f), v = fgp_max(r - t.rho - slack, 0.f);
+  return u * u + v * v;
+}
+
+FGP_HD TriBound load_tri_bound(const float* __restrict__ tris, int k) {
+#ifdef __CUDA_ARCH__
+  const float4* t4 = reinterpret_cast<const float4*>(tris) + 5 * k + 3;
+  const float4 p = __ldg(t4), q = __ldg(t4 + 1);
+  return TriBound{Vec3{p.x, p.y, p.z}, p.w, Vec3{q.x, q.y, q.z}, q.w};
+#else
+  const float* t = tris + static_cast<int64_t>(k) * kTriStride + 12;
+  return TriBound{Vec3{t[0], t[1], t[2]}, t[3], Vec3{t[4], t[5], t[6]}, t[7]};
+#endif
+}
+
+// Write triangle a, b, c (face f) as leaf-ordered triangle record t (kTriStride floats).
+FGP_HD void store_tri(float* t, Vec3 a, Vec3 b, Vec3 c, int f) {
+  const Vec3 v[3] = {a, b, c};
+  for (int j = 0; j < 3; ++j) {
+    t[4 * j] = v[j].x;
+    t[4 * j + 1] = v[j].y;
+    t[4 * j + 2] = v[j].z;
+    t[4 * j + 3] = 0.f;
+  }
+  t[3] = bits_float(static_cast<uint32_t>(f));
+  const TriBound tb = tri_bound(a, b, c);
+  const float bound[8] = {tb.m.x, tb.m.y, tb.m.z, tb.rho, tb.n.x, tb.n.y, tb.n.z, tb.delta};
+  for (int j = 0; j < 8; ++j) t[12 + j] = bound[j];
+}
+
 FGP_HD void load_tri(const float* __restrict__ tris, int k, Vec3& a, Vec3& b, Vec3& c, int& face) {
 #ifdef __CUDA_ARCH__
-  const float4* t4 = reinterpret_cast<const float4*>(tris) + 3 * k;
+  const float4* t4 = reinterpret_cast<const float4*>(tris) + 5 * k;
   const float4 p = __ldg(t4), q = __ldg(t4 + 1), r = __ldg(t4 + 2);
   a = Vec3{p.x, p.y, p.z};
   b = Vec3{q.x, q.y, q.z};
@@ -172,18 +237,16 @@ FGP_HD bool pop_within(const int* stack_node, const float* stack_d2, int& sp, fl
 }
 
 // Offer leaf-ordered triangle k as a candidate. The exact test (Ericson's regions, several
-// divisions) is skipped when the triangle's own box, padded like the leaf boxes so it stays a
-// lower bound of the computed distance, is already beyond the tie bound: for far samples most
-// triangles of a visited leaf are.
+// divisions) and the vertices' loads are skipped when the triangle's stored bound is already beyond
+// the tie bound: for about half the triangles whose boxes are within it (the neighbours of a near
+// sample's foot, most triangles of a leaf a far sample visits).
 FGP_HD void offer_tri(const float* __restrict__ tris, int k, Vec3 p, Hit& hit) {
   FGP_TRACE(kTraceTri);
+  if (tri_lower2(load_tri_bound(tris, k), p) > hit.bound2) return;
+  FGP_TRACE(kTraceExact);
   Vec3 a, b, c;
   int face;
   load_tri(tris, k, a, b, c, face);
-  Vec3 lo, hi;
-  tri_box(a, b, c, lo, hi);
-  if (box_dist2(p, lo, hi) > hit.bound2) return;
-  FGP_TRACE(kTraceExact);
   hit_offer(hit, face, point_triangle_dist2(p, a, b, c));
 }
 
@@ -252,11 +315,13 @@ FGP_HD void bvh_resolve_lost(const BVHNode* __restrict__ nodes, const float* __r
     if (!(box_dist2(p, lo, hi) <= bound2)) continue;
     if (li < 0) {
       for (int k = ~li; k < ui; ++k) {
+        if (tri_lower2(load_tri_bound(tris, k), p) > bound2) continue;
         Vec3 a, b, c;
         int face;
         load_tri(tris, k, a, b, c, face);
+        if (face >= hit.face) continue;
         FGP_TRACE(kTraceExact);
-        if (face < hit.face && point_triangle_dist2(p, a, b, c) <= bound2) hit.face = face;
+        if (point_triangle_dist2(p, a, b, c) <= bound2) hit.face = face;
       }
     } else if (sp + 2 <= kBVHStack) {
       stack[sp++] = ui;
@@ -288,10 +353,7 @@ FGP_HD void bvh_nearest(const BVHNode* __restrict__ nodes, const float* __restri
 // sample's computed distance, as in offer_tri); the walk prunes with the least U2 found so far and
 // the list is filtered by the final one.
 struct ListEntry {
-  Vec3 n;       // unit normal (0 for a degenerate triangle)
-  float delta;  // the vertices' largest distance from the plane through m along n
-  Vec3 m;       // centroid
-  float rho;    // the vertices' largest distance from m: the triangle lies in the ball (m, rho)
+  TriBound b;   // the triangle's stored bound
   int k;        // leaf-ordered triangle
   float tile2;  // box_box_dist2 of its padded box to the tile's box
   Vec3 u;       // unit direction from the triangle's point nearest the tile's centre to the centre
@@ -375,35 +437,15 @@ FGP_HD bool cell_beyond_box(const TileCell& C, Vec3 lo, Vec3 hi) {
   return cell_beyond(C, u, s);
 }
 
-FGP_HD ListEntry list_entry(Vec3 a, Vec3 b, Vec3 c, int k, float tile2, Vec3 u) {
+// The list entry of reached triangle k (vertices a, b, c) with the tile's direction u.
+FGP_HD ListEntry list_entry(const float* __restrict__ tris, Vec3 a, Vec3 b, Vec3 c, int k, float tile2, Vec3 u) {
   ListEntry e;
+  e.b = load_tri_bound(tris, k);
   e.u = u;
   e.s = fmax3(dot(u, a), dot(u, b), dot(u, c));  // u.q for the nearest point q, without q's rounding
-  e.m = (1.f / 3.f) * ((a + b) + c);
-  const Vec3 nn = cross(b - a, c - a);
-  const float len = sqrtf(dot(nn, nn));
-  e.n = len > 0.f ? approx_div(1.f, len) * nn : Vec3{0.f, 0.f, 0.f};  // |n| within ulps of 1: covered by the slack
-  const Vec3 da = a - e.m, db = b - e.m, dc = c - e.m;
-  e.delta = fmax3(fabsf(dot(da, e.n)), fabsf(dot(db, e.n)), fabsf(dot(dc, e.n)));
-  e.rho = sqrtf(fmax3(dot(da, da), dot(db, db), dot(dc, dc)));
   e.k = k;
   e.tile2 = tile2;
   return e;
-}
-
-// Lower bound of the computed squared distance from p = m + w to a listed triangle: with h = n.w and
-// r the distance of p's projection on that plane from m, any point x of the triangle has
-// |p - x|^2 >= (|h| - delta)+^2 + (r - rho)+^2 (x is within delta of the plane and within rho of
-// m). Both terms are shrunk by the tie margins (docs/tie_rule.md), far more than the float error
-// of this bound and of the exact test, so it stays below the computed distance. For far samples
-// it is much tighter than a box: only triangles near the foot of p pass.
-FGP_HD float list_lower2(const ListEntry& e, Vec3 w) {
-  const float h = dot(w, e.n);
-  const Vec3 q = w - h * e.n;
-  const float r = sqrtf(dot(q, q));
-  const float slack = kTieAbs + kTieRel * (fabsf(h) + r);
-  const float u = fgp_max(fabsf(h) - e.delta - slack, 0.f), v = fgp_max(r - e.rho - slack, 0.f);
-  return u * u + v * v;
 }
 
 // Leaves the walk has reached but not yet looked into, taken together so one step fills the
@@ -506,7 +548,7 @@ FGP_HD bool shortlist_step(const float* __restrict__ tris, Pending& pend, TileCe
   const unsigned mask = __ballot_sync(0xffffffffu, keep);
   const int kept = __popc(mask);
   if (count + kept > cap) return false;
-  if (keep) list[count + __popc(mask & ((1u << lane) - 1u))] = list_entry(t.a, t.b, t.c, k, t.tile2, t.u);
+  if (keep) list[count + __popc(mask & ((1u << lane) - 1u))] = list_entry(tris, t.a, t.b, t.c, k, t.tile2, t.u);
   count += kept;
   __syncwarp();
   return true;
@@ -526,7 +568,7 @@ FGP_HD bool shortlist_step(const float* __restrict__ tris, Pending& pend, TileCe
     for (int k = pend.start[i]; k < pend.end[i]; ++k, ++n) {
       if (!step_keep(t[n], C, reach2)) continue;
       if (count == cap) return false;
-      list[count++] = list_entry(t[n].a, t[n].b, t[n].c, k, t[n].tile2, t[n].u);
+      list[count++] = list_entry(tris, t[n].a, t[n].b, t[n].c, k, t[n].tile2, t[n].u);
     }
   pend.leaves = pend.tris = 0;
   return true;
@@ -787,11 +829,11 @@ FGP_HD void offer_shortlist(const float* __restrict__ tris, const ListEntry* lis
       bound = sqrtf(bound2);
     }
     // The half-space toward the cell's centre first (u.p - s is a lower bound of the distance,
-    // nearly the distance itself for a far sample; shrunk by the tie margins as list_lower2's).
+    // nearly the distance itself for a far sample; shrunk by the tie margins as tri_lower2's).
     const float h = dot(e.u, p) - e.s;
     if (h * (1.f - kTieRel) - kTieAbs > bound) continue;
     FGP_TRACE(kTraceListPlane);
-    if (list_lower2(e, p - e.m) > hit.bound2) continue;
+    if (tri_lower2(e.b, p) > hit.bound2) continue;
     FGP_TRACE(kTraceExact);
     Vec3 a, b, c;
     int face;
@@ -806,7 +848,7 @@ FGP_HD void offer_shortlist(const float* __restrict__ tris, const ListEntry* lis
     FGP_TRACE(kTraceResolve);
     const ListEntry& e = list[j];
     const float h = dot(e.u, p) - e.s;
-    if (h * (1.f - kTieRel) - kTieAbs > bound || list_lower2(e, p - e.m) > hit.bound2) continue;
+    if (h * (1.f - kTieRel) - kTieAbs > bound || tri_lower2(e.b, p) > hit.bound2) continue;
     Vec3 a, b, c;
     int face;
     load_tri(tris, e.k, a, b, c, face);

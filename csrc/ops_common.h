@@ -73,7 +73,7 @@ inline void check_image(int64_t H, int64_t W) {
               kMaxImage, "], got ", H, "x", W);
 }
 
-// nodes (B, M, 8) float32 and tris (B, F, 12) float32 of a refit BVH; returns M. With validate
+// nodes (B, M, 8) float32 and tris (B, F, kTriStride) float32 of a refit BVH; returns M. With validate
 // (on host copies, linear time: bvh_check_nodes) the tree shape, boxes and triangles are checked
 // against verts (B, V, 3) and faces, so a corrupt or crafted BVH can send no traversal out of
 // bounds, into a cycle or down exponentially many paths, and a stale one is caught.
@@ -83,8 +83,8 @@ inline int64_t check_bvh(const at::Tensor& nodes, const at::Tensor& tris, int64_
                   nodes.size(2) == 8,
               "fgp: bvh nodes must have shape (B=", B, ", M, 8)");
   TORCH_CHECK(nodes.size(1) < (int64_t(1) << 31), "fgp: too many bvh nodes");
-  TORCH_CHECK(tris.defined() && tris.dim() == 3 && tris.size(0) == B && tris.size(1) == F && tris.size(2) == 12,
-              "fgp: bvh tris must have shape (B=", B, ", F=", F, ", 12)");
+  TORCH_CHECK(tris.defined() && tris.dim() == 3 && tris.size(0) == B && tris.size(1) == F && tris.size(2) == kTriStride,
+              "fgp: bvh tris must have shape (B=", B, ", F=", F, ", ", kTriStride, ")");
   check_tensor(nodes, "bvh nodes", at::kFloat, dev);
   check_tensor(tris, "bvh tris", at::kFloat, dev);
   TORCH_CHECK(reinterpret_cast<uintptr_t>(nodes.data_ptr()) % 16 == 0 &&
@@ -122,8 +122,8 @@ inline void check_refit(const at::Tensor& verts, const at::Tensor& faces, const 
   TORCH_CHECK(nodes.defined() && nodes.dim() == 3 && nodes.size(0) == B && nodes.size(1) == M && nodes.size(2) == 8,
               "fgp: nodes must have shape (B=", B, ", M=", M, ", 8)");
   check_tensor(nodes, "nodes", at::kFloat, dev);
-  TORCH_CHECK(tris.defined() && tris.dim() == 3 && tris.size(0) == B && tris.size(1) == F && tris.size(2) == 12,
-              "fgp: tris must have shape (B=", B, ", F=", F, ", 12)");
+  TORCH_CHECK(tris.defined() && tris.dim() == 3 && tris.size(0) == B && tris.size(1) == F && tris.size(2) == kTriStride,
+              "fgp: tris must have shape (B=", B, ", F=", F, ", ", kTriStride, ")");
   check_tensor(tris, "tris", at::kFloat, dev);
   TORCH_CHECK(scratch.defined() && scratch.dim() == 2 && scratch.size(0) == B && scratch.size(1) == M,
               "fgp: scratch must have shape (B=", B, ", M=", M, ")");

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fgp_fast.ops import native
+from fgp_fast.ops.native_meta import TRI_STRIDE
 
 from meshes import deform, random_blob
 
@@ -104,6 +105,10 @@ def _corrupt_cases(bvh):
     dup = tris.clone()
     dup.view(torch.int32)[0, 1, 3] = dup.view(torch.int32)[0, 0, 3]   # a face twice, one missing
     cases.append(("permutation", nodes, dup))
+    for col, what in ((15, "rho"), (19, "delta"), (12, "centroid")):
+        bound = tris.clone()
+        bound[0, 5, col] *= 0.5          # a bound that no longer holds its triangle would prune it
+        cases.append(("stored bound", nodes, bound))
     return cases
 
 
@@ -143,7 +148,7 @@ def test_corrupt_topologies_raise_before_refit():
 
     def refit(t, prim=None):
         torch.ops.fgp.bvh_refit(verts, bvh.faces, t, bvh.prim if prim is None else prim, torch.empty(1, M, 8),
-                                torch.empty(1, bvh.num_faces, 12), scratch, True)
+                                torch.empty(1, bvh.num_faces, TRI_STRIDE), scratch, True)
 
     refit(topo)   # the real one passes
     inner = (topo[:, 0] >= 0).nonzero()[:, 0]

@@ -24,6 +24,7 @@ from fgp_fast import ops  # noqa: E402
 from fgp_fast.camera import Camera  # noqa: E402
 from fgp_fast.errors import FGPError  # noqa: E402
 from fgp_fast.ops import native, testing  # noqa: E402
+from fgp_fast.ops.native_meta import TRI_STRIDE  # noqa: E402
 from fgp_fast.ops.scenes import deform, icosphere, random_camera, random_rotation  # noqa: E402
 
 _COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
@@ -353,7 +354,7 @@ def test_raw_ops_on_meta_give_shapes_without_running(B, V, F, H, N, dtype):
     faces = torch.empty(F, 3, dtype=torch.int32, **m)
     K, w2c = torch.empty(B, 3, 3, **m), torch.empty(B, 4, 4, **m)
     near = far = torch.empty(B, **m)
-    nodes, tris = torch.empty(B, max(1, 2 * F - 1), 8, **m), torch.empty(B, F, 12, **m)
+    nodes, tris = torch.empty(B, max(1, 2 * F - 1), 8, **m), torch.empty(B, F, TRI_STRIDE, **m)
     flow = torch.ops.fgp.flow_encode(vt, vt, faces, K, w2c, near, far, nodes, tris, H, H + 1, N, 0.01, False, dtype)
     assert flow.shape == (B, 3 * N, H, H + 1) and flow.dtype == dtype and flow.device.type == "meta"
     with pytest.raises(RuntimeError, match="is on"):   # one argument on the CPU, the rest on meta

@@ -9,6 +9,7 @@ from fgp_fast import ops
 from fgp_fast.camera import Camera
 from fgp_fast.ops import native, reference, testing
 from fgp_fast.ops.geometry import closest_point_barycentric
+from fgp_fast.ops.native_meta import TRI_STRIDE
 
 from meshes import deform, random_blob, random_camera
 
@@ -137,7 +138,7 @@ def test_refit_equals_rebuild_and_boxes_contain_triangles():
     # Every leaf box holds its triangles, every inner box its children.
     nodes = refit.nodes[0].view(-1, 2, 4)
     ints = refit.nodes[0].view(torch.int32).view(-1, 2, 4)
-    tris = refit.tris[0].view(-1, 3, 4)[..., :3]
+    tris = refit.tris[0][:, :12].reshape(-1, 3, 4)[..., :3]
     for k in range(nodes.shape[0]):
         lo, hi = nodes[k, 0, :3], nodes[k, 1, :3]
         li, ui = int(ints[k, 0, 3]), int(ints[k, 1, 3])
@@ -292,7 +293,7 @@ def test_torch_compile_through_fake_kernels():
     with torch._subclasses.fake_tensor.FakeTensorMode():
         fake = torch.ops.fgp.flow_encode(torch.empty(2, 5, 3), torch.empty(2, 5, 3), torch.empty(4, 3, dtype=torch.int32),
                                          torch.empty(2, 3, 3), torch.empty(2, 4, 4), torch.empty(2), torch.empty(2),
-                                         torch.empty(2, 7, 8), torch.empty(2, 4, 12), 6, 7, 2, 0.01, False,
+                                         torch.empty(2, 7, 8), torch.empty(2, 4, TRI_STRIDE), 6, 7, 2, 0.01, False,
                                          torch.bfloat16)
         assert fake.shape == (2, 6, 6, 7) and fake.dtype == torch.bfloat16
 

@@ -1,4 +1,5 @@
 // BVH build (binned SAH, once per topology) and CPU refit. No torch: also built by CMake.
+#include <cstring>
 #include "bvh.h"
 
 #include <algorithm>
@@ -168,15 +169,12 @@ void bvh_refit_cpu(const float* verts, const int* faces, const int* topo, const 
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < F; ++k) {
     const int f = prim[k];
-    float* t = tris + k * kTriStride;
+    Vec3 v[3];
     for (int j = 0; j < 3; ++j) {
-      const float* v = verts + 3 * static_cast<int64_t>(faces[3 * f + j]);
-      t[4 * j] = v[0];
-      t[4 * j + 1] = v[1];
-      t[4 * j + 2] = v[2];
-      t[4 * j + 3] = 0.f;
+      const float* p = verts + 3 * static_cast<int64_t>(faces[3 * f + j]);
+      v[j] = Vec3{p[0], p[1], p[2]};
     }
-    t[3] = bits_float(static_cast<uint32_t>(f));
+    store_tri(tris + k * kTriStride, v[0], v[1], v[2], f);
   }
   // Children always come after their parent, so one reverse sweep is bottom-up.
   for (int64_t n = M - 1; n >= 0; --n) {
@@ -258,6 +256,11 @@ const char* bvh_check_nodes(const BVHNode* nodes, int64_t M, const float* tris, 
       for (int a = 0; a < 3; ++a)
         if (!(t[4 * j + a] == verts[3 * static_cast<int64_t>(faces[3 * f + j]) + a]))
           return "the triangles differ from verts[faces] (refit the BVH to these vertices)";
+    // The stored bounds prune exact tests: they must be the refit's, bit for bit.
+    float want[kTriStride];
+    store_tri(want, Vec3{t[0], t[1], t[2]}, Vec3{t[4], t[5], t[6]}, Vec3{t[8], t[9], t[10]}, static_cast<int>(f));
+    if (std::memcmp(want + 12, t + 12, 8 * sizeof(float)) != 0)
+      return "a triangle's stored bound differs from its vertices' (refit the BVH)";
   }
   auto inside = [](const BVHNode& lo, const BVHNode& hi, const float* p) {
     return lo.x <= p[0] && p[0] <= hi.x && lo.y <= p[1] && p[1] <= hi.y && lo.z <= p[2] && p[2] <= hi.z;

@@ -32,17 +32,16 @@ __global__ void refit_kernel(const float* __restrict__ verts, int64_t V, const i
   float lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
   for (int k = ~li; k < ui; ++k) {
     const int f = prim[k];
-    float* t = tris + static_cast<int64_t>(k) * kTriStride;
+    Vec3 q[3];
     for (int j = 0; j < 3; ++j) {
       const float* p = v + 3 * static_cast<int64_t>(faces[3 * f + j]);
+      q[j] = Vec3{p[0], p[1], p[2]};
       for (int a = 0; a < 3; ++a) {
-        t[4 * j + a] = p[a];
         lo[a] = fminf(lo[a], p[a]);
         hi[a] = fmaxf(hi[a], p[a]);
       }
-      t[4 * j + 3] = 0.f;
     }
-    t[3] = __int_as_float(f);
+    store_tri(tris + static_cast<int64_t>(k) * kTriStride, q[0], q[1], q[2], f);
   }
   for (int a = 0; a < 3; ++a) {
     const float pad = box_pad(lo[a], hi[a]);

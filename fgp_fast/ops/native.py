@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..camera import Camera
 from . import native_meta
+from .native_meta import TRI_STRIDE
 from .backends import register_backend
 from .checks import check_points, check_verts
 from .flow_aux import build_aux, sample_points
@@ -161,7 +162,7 @@ class MeshBVH:
         if self.nodes is None or self.nodes.shape[0] != B:
             M, F, V = self.num_nodes, self.num_faces, self.num_vertices
             self.nodes = torch.empty((B, M, 8), dtype=torch.float32, device=self.device)
-            self.tris = torch.empty((B, F, 12), dtype=torch.float32, device=self.device)
+            self.tris = torch.empty((B, F, TRI_STRIDE), dtype=torch.float32, device=self.device)
             self._scratch = torch.empty((B, M), dtype=torch.int32, device=self.device)
             self.verts = torch.empty((B, V, 3), dtype=torch.float32, device=self.device)
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 MAX_SAMPLES, MAX_IMAGE, MAX_FACES = 256, 16384, 1 << 24   # csrc/ops_common.h
+TRI_STRIDE = 20   # csrc/bvh.h kTriStride: a leaf-ordered triangle's vertices, face id and bound
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -66,8 +67,8 @@ def _bvh(nodes, tris, B: int, F: int, dev: torch.device) -> None:
     if not isinstance(nodes, Tensor) or nodes.dim() != 3 or nodes.shape[0] != B or nodes.shape[1] < 1 \
             or nodes.shape[2] != 8:
         _fail(f"bvh nodes must have shape (B={B}, M, 8)")
-    if not isinstance(tris, Tensor) or tuple(tris.shape) != (B, F, 12):
-        _fail(f"bvh tris must have shape (B={B}, F={F}, 12)")
+    if not isinstance(tris, Tensor) or tuple(tris.shape) != (B, F, TRI_STRIDE):
+        _fail(f"bvh tris must have shape (B={B}, F={F}, {TRI_STRIDE})")
     _tensor(nodes, "bvh nodes", torch.float32, dev)
     _tensor(tris, "bvh tris", torch.float32, dev)
 
