@@ -5,8 +5,8 @@
 //   nodes: 2*M BVHNode halves; node k = {lower, upper} = 32 bytes, one aligned load pair.
 //          inner: lower.i = left child, upper.i = right child (children come after the parent).
 //          leaf:  lower.i = ~start (negative), upper.i = end, a range of leaf-ordered triangles.
-//   tris:  F x 20 floats in leaf order: a.xyz, face id (int bits), b.xyz, 0, c.xyz, 0, then the
-//          triangle's bound (TriBound: m.xyz, rho, n.xyz, delta), written by the refit.
+//   tris:  F x 32 floats in leaf order: a.xyz, face id (int bits), b.xyz, 0, c.xyz, 0, then the
+//          triangle's bound (TriBound, 6 float4), written by the refit.
 // Topology (shared by the batch): topo M x 4 ints {lower.i, upper.i, parent, 0}; prim[k] = face
 // of leaf-ordered triangle k.
 #pragma once
@@ -43,7 +43,7 @@ constexpr int kTraceShared = -1;
 
 constexpr int kBVHStack = 64;     // traversal stack; the build caps the depth below this
 constexpr int kBVHMaxDepth = 56;  // SAH switches to median splits past 32, so depth stays small
-constexpr int kTriStride = 20;
+constexpr int kTriStride = 32;  // 12 vertex floats and a TriBound
 
 // ------------------------------------------------------------------ the tie rule
 // The answer for a point is the lowest face index among the triangles whose squared distance is
@@ -101,53 +101,80 @@ FGP_HD void hit_offer(Hit& h, int face, float d2) {
 FGP_HD bool hit_lost(const Hit& h) { return h.lost2 <= h.bound2; }
 
 
-// Where triangle a, b, c lies: within rho of its centroid m and within delta of the plane through m
-// with unit normal n (0 for a degenerate triangle). The refit stores it beside the vertices (IEEE
-// operations only, so the CPU and CUDA refits write the same bits; bvh_check_nodes recomputes it).
+// Where triangle a, b, c lies, for a lower bound of a point's distance to it that needs no vertex
+// loads and no division: in the slab |n.x - d| <= delta around its plane (n unit, 0 for a degenerate
+// triangle; delta the vertices' largest |n.v - d|, rounding-small unless the triangle is a sliver
+// whose n is poorly determined) and in the half-spaces e_i.x <= o_i of its edges (e_i = edge x n,
+// unit, so orthogonal to n and pointing out; o_i the vertices' largest e_i.v). The refit stores it
+// beside the vertices (IEEE operations only, so the CPU and CUDA refits write the same bits;
+// bvh_check_nodes recomputes it).
 struct TriBound {
-  Vec3 m;
-  float rho;
   Vec3 n;
+  float d;
+  Vec3 e[3];
+  float o[3];
   float delta;
 };
+constexpr int kTriBoundFloats = 20;  // 5 float4: (n, d), (e_i, o_i), (delta, 0, 0, 0)
 
 FGP_HD TriBound tri_bound(Vec3 a, Vec3 b, Vec3 c) {
   TriBound t;
-  t.m = (1.f / 3.f) * ((a + b) + c);
+  const Vec3 m = (1.f / 3.f) * ((a + b) + c);
   const Vec3 nn = cross(b - a, c - a);
   const float len = sqrtf(dot(nn, nn));
   t.n = len > 0.f ? Vec3{nn.x / len, nn.y / len, nn.z / len} : Vec3{0.f, 0.f, 0.f};
-  const Vec3 da = a - t.m, db = b - t.m, dc = c - t.m;
-  t.delta = fmax3(fabsf(dot(da, t.n)), fabsf(dot(db, t.n)), fabsf(dot(dc, t.n)));
-  t.rho = sqrtf(fmax3(dot(da, da), dot(db, db), dot(dc, dc)));
+  t.d = dot(t.n, m);
+  const Vec3 v[3] = {a, b, c};
+  for (int i = 0; i < 3; ++i) {
+    const Vec3 en = cross(v[i == 2 ? 0 : i + 1] - v[i], t.n);  // out of a counter-clockwise (a, b, c) about n
+    const float l = sqrtf(dot(en, en));
+    t.e[i] = l > 0.f ? Vec3{en.x / l, en.y / l, en.z / l} : Vec3{0.f, 0.f, 0.f};
+    t.o[i] = fmax3(dot(t.e[i], a), dot(t.e[i], b), dot(t.e[i], c));
+  }
+  t.delta = fmax3(fabsf(dot(t.n, a) - t.d), fabsf(dot(t.n, b) - t.d), fabsf(dot(t.n, c) - t.d));
   return t;
 }
 
-// Lower bound of the computed squared distance from p to the triangle of bound t: with w = p - m,
-// h = n.w and r the distance of p's projection on the plane from m, any point x of the triangle has
-// |p - x|^2 >= (|h| - delta)+^2 + (r - rho)+^2. Both terms are shrunk by the tie margins
-// (docs/tie_rule.md), far more than the float error of this bound and of the exact test, so it stays
-// below the computed distance. Near the surface it is much tighter than a box: of the neighbours of
-// p's foot only those whose ball reaches it pass. NaN (non-finite input) passes.
+// Lower bound of the computed squared distance from p to the triangle of bound t: any point x of
+// the triangle has |p - x|^2 >= (n.(p - x))^2 + (e_i.(p - x))^2 (n, e_i orthonormal) >=
+// (|h| - delta)+^2 + out+^2 with h = n.p - d and out = max_i e_i.p - o_i. Both terms are shrunk by
+// the tie margins (docs/tie_rule.md), far more than the float error of the bound (unit lengths and
+// orthogonality to ulps, the dots) and of the exact test, so it stays below the computed distance.
+// It is the distance itself where p's foot is across one edge, and a fraction of it beyond a vertex
+// (at least sin of half the vertex's angle): near the surface it leaves a quarter of the triangles whose boxes are within the tie bound
+// (the neighbours of p's foot). NaN (non-finite input) passes.
 FGP_HD float tri_lower2(const TriBound& t, Vec3 p) {
-  const Vec3 w = p - t.m;
-  const float h = dot(w, t.n);
-  const Vec3 q = w - h * t.n;
-  const float r = sqrtf(dot(q, q));
-  const float slack = kTieAbs + kTieRel * (fabsf(h) + r);
-  const float u = fgp_max(fabsf(h) - t.delta - slack, 0.f), v = fgp_max(r - t.rho - slack, 0.f);
+  const float h = dot(t.n, p) - t.d;
+  const float out = fmax3(dot(t.e[0], p) - t.o[0], dot(t.e[1], p) - t.o[1], dot(t.e[2], p) - t.o[2]);
+  const float slack = kTieAbs + kTieRel * (fabsf(h) + fabsf(out));
+  const float u = fgp_max(fabsf(h) - t.delta - slack, 0.f), v = fgp_max(out - slack, 0.f);
   return u * u + v * v;
 }
 
 FGP_HD TriBound load_tri_bound(const float* __restrict__ tris, int k) {
+  float f[kTriBoundFloats];
 #ifdef __CUDA_ARCH__
-  const float4* t4 = reinterpret_cast<const float4*>(tris) + 5 * k + 3;
-  const float4 p = __ldg(t4), q = __ldg(t4 + 1);
-  return TriBound{Vec3{p.x, p.y, p.z}, p.w, Vec3{q.x, q.y, q.z}, q.w};
+  const float4* t4 = reinterpret_cast<const float4*>(tris) + (kTriStride / 4) * k + 3;
+  for (int j = 0; j < kTriBoundFloats / 4; ++j) {
+    const float4 x = __ldg(t4 + j);
+    f[4 * j] = x.x;
+    f[4 * j + 1] = x.y;
+    f[4 * j + 2] = x.z;
+    f[4 * j + 3] = x.w;
+  }
 #else
   const float* t = tris + static_cast<int64_t>(k) * kTriStride + 12;
-  return TriBound{Vec3{t[0], t[1], t[2]}, t[3], Vec3{t[4], t[5], t[6]}, t[7]};
+  for (int j = 0; j < kTriBoundFloats; ++j) f[j] = t[j];
 #endif
+  TriBound b;
+  b.n = Vec3{f[0], f[1], f[2]};
+  b.d = f[3];
+  for (int i = 0; i < 3; ++i) {
+    b.e[i] = Vec3{f[4 + 4 * i], f[5 + 4 * i], f[6 + 4 * i]};
+    b.o[i] = f[7 + 4 * i];
+  }
+  b.delta = f[16];
+  return b;
 }
 
 // Write triangle a, b, c (face f) as leaf-ordered triangle record t (kTriStride floats).
@@ -161,13 +188,22 @@ FGP_HD void store_tri(float* t, Vec3 a, Vec3 b, Vec3 c, int f) {
   }
   t[3] = bits_float(static_cast<uint32_t>(f));
   const TriBound tb = tri_bound(a, b, c);
-  const float bound[8] = {tb.m.x, tb.m.y, tb.m.z, tb.rho, tb.n.x, tb.n.y, tb.n.z, tb.delta};
-  for (int j = 0; j < 8; ++j) t[12 + j] = bound[j];
+  float* o = t + 12;
+  const Vec3 vec[4] = {tb.n, tb.e[0], tb.e[1], tb.e[2]};
+  const float w[4] = {tb.d, tb.o[0], tb.o[1], tb.o[2]};
+  for (int j = 0; j < 4; ++j) {
+    o[4 * j] = vec[j].x;
+    o[4 * j + 1] = vec[j].y;
+    o[4 * j + 2] = vec[j].z;
+    o[4 * j + 3] = w[j];
+  }
+  o[16] = tb.delta;
+  o[17] = o[18] = o[19] = 0.f;
 }
 
 FGP_HD void load_tri(const float* __restrict__ tris, int k, Vec3& a, Vec3& b, Vec3& c, int& face) {
 #ifdef __CUDA_ARCH__
-  const float4* t4 = reinterpret_cast<const float4*>(tris) + 5 * k;
+  const float4* t4 = reinterpret_cast<const float4*>(tris) + (kTriStride / 4) * k;
   const float4 p = __ldg(t4), q = __ldg(t4 + 1), r = __ldg(t4 + 2);
   a = Vec3{p.x, p.y, p.z};
   b = Vec3{q.x, q.y, q.z};
@@ -238,8 +274,8 @@ FGP_HD bool pop_within(const int* stack_node, const float* stack_d2, int& sp, fl
 
 // Offer leaf-ordered triangle k as a candidate. The exact test (Ericson's regions, several
 // divisions) and the vertices' loads are skipped when the triangle's stored bound is already beyond
-// the tie bound: for about half the triangles whose boxes are within it (the neighbours of a near
-// sample's foot, most triangles of a leaf a far sample visits).
+// the tie bound: for 85 % of the triangles of the leaves a head sample visits on the ICT head (a
+// box test skips 43 %; bench/cost_model.py).
 FGP_HD void offer_tri(const float* __restrict__ tris, int k, Vec3 p, Hit& hit) {
   FGP_TRACE(kTraceTri);
   if (tri_lower2(load_tri_bound(tris, k), p) > hit.bound2) return;
@@ -353,7 +389,6 @@ FGP_HD void bvh_nearest(const BVHNode* __restrict__ nodes, const float* __restri
 // sample's computed distance, as in offer_tri); the walk prunes with the least U2 found so far and
 // the list is filtered by the final one.
 struct ListEntry {
-  TriBound b;   // the triangle's stored bound
   int k;        // leaf-ordered triangle
   float tile2;  // box_box_dist2 of its padded box to the tile's box
   Vec3 u;       // unit direction from the triangle's point nearest the tile's centre to the centre
@@ -361,7 +396,7 @@ struct ListEntry {
 };
 // Entries a tile's list may hold (a longer one: per-sample traversal, same answers; lists hold
 // ~10 on the ICT head, and a cap of 128 overflows no more often than 384). CUDA keeps the list in
-// shared memory (56 B an entry; 2 warps a block: 14 KB); the CPU's is on the heap.
+// shared memory (24 B an entry; 2 warps a block: 6 KB); the CPU's is on the heap.
 #ifndef FGP_LIST_CAP_CUDA
 #define FGP_LIST_CAP_CUDA 128
 #endif
@@ -438,9 +473,8 @@ FGP_HD bool cell_beyond_box(const TileCell& C, Vec3 lo, Vec3 hi) {
 }
 
 // The list entry of reached triangle k (vertices a, b, c) with the tile's direction u.
-FGP_HD ListEntry list_entry(const float* __restrict__ tris, Vec3 a, Vec3 b, Vec3 c, int k, float tile2, Vec3 u) {
+FGP_HD ListEntry list_entry(Vec3 a, Vec3 b, Vec3 c, int k, float tile2, Vec3 u) {
   ListEntry e;
-  e.b = load_tri_bound(tris, k);
   e.u = u;
   e.s = fmax3(dot(u, a), dot(u, b), dot(u, c));  // u.q for the nearest point q, without q's rounding
   e.k = k;
@@ -548,7 +582,7 @@ FGP_HD bool shortlist_step(const float* __restrict__ tris, Pending& pend, TileCe
   const unsigned mask = __ballot_sync(0xffffffffu, keep);
   const int kept = __popc(mask);
   if (count + kept > cap) return false;
-  if (keep) list[count + __popc(mask & ((1u << lane) - 1u))] = list_entry(tris, t.a, t.b, t.c, k, t.tile2, t.u);
+  if (keep) list[count + __popc(mask & ((1u << lane) - 1u))] = list_entry(t.a, t.b, t.c, k, t.tile2, t.u);
   count += kept;
   __syncwarp();
   return true;
@@ -568,7 +602,7 @@ FGP_HD bool shortlist_step(const float* __restrict__ tris, Pending& pend, TileCe
     for (int k = pend.start[i]; k < pend.end[i]; ++k, ++n) {
       if (!step_keep(t[n], C, reach2)) continue;
       if (count == cap) return false;
-      list[count++] = list_entry(tris, t[n].a, t[n].b, t[n].c, k, t[n].tile2, t[n].u);
+      list[count++] = list_entry(t[n].a, t[n].b, t[n].c, k, t[n].tile2, t[n].u);
     }
   pend.leaves = pend.tris = 0;
   return true;
@@ -833,7 +867,7 @@ FGP_HD void offer_shortlist(const float* __restrict__ tris, const ListEntry* lis
     const float h = dot(e.u, p) - e.s;
     if (h * (1.f - kTieRel) - kTieAbs > bound) continue;
     FGP_TRACE(kTraceListPlane);
-    if (tri_lower2(e.b, p) > hit.bound2) continue;
+    if (tri_lower2(load_tri_bound(tris, e.k), p) > hit.bound2) continue;
     FGP_TRACE(kTraceExact);
     Vec3 a, b, c;
     int face;
@@ -848,7 +882,7 @@ FGP_HD void offer_shortlist(const float* __restrict__ tris, const ListEntry* lis
     FGP_TRACE(kTraceResolve);
     const ListEntry& e = list[j];
     const float h = dot(e.u, p) - e.s;
-    if (h * (1.f - kTieRel) - kTieAbs > bound || tri_lower2(e.b, p) > hit.bound2) continue;
+    if (h * (1.f - kTieRel) - kTieAbs > bound || tri_lower2(load_tri_bound(tris, e.k), p) > hit.bound2) continue;
     Vec3 a, b, c;
     int face;
     load_tri(tris, e.k, a, b, c, face);

@@ -105,9 +105,9 @@ def _corrupt_cases(bvh):
     dup = tris.clone()
     dup.view(torch.int32)[0, 1, 3] = dup.view(torch.int32)[0, 0, 3]   # a face twice, one missing
     cases.append(("permutation", nodes, dup))
-    for col, what in ((15, "rho"), (19, "delta"), (12, "centroid")):
+    for col in (15, 19, 27, 28):      # the plane's offset, two edges' offsets, the slab's width
         bound = tris.clone()
-        bound[0, 5, col] *= 0.5          # a bound that no longer holds its triangle would prune it
+        bound[0, 5, col] = bound[0, 5, col] * 0.5 - 1e-3   # a bound that no longer holds its triangle
         cases.append(("stored bound", nodes, bound))
     return cases
 

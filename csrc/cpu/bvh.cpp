@@ -259,7 +259,7 @@ const char* bvh_check_nodes(const BVHNode* nodes, int64_t M, const float* tris, 
     // The stored bounds prune exact tests: they must be the refit's, bit for bit.
     float want[kTriStride];
     store_tri(want, Vec3{t[0], t[1], t[2]}, Vec3{t[4], t[5], t[6]}, Vec3{t[8], t[9], t[10]}, static_cast<int>(f));
-    if (std::memcmp(want + 12, t + 12, 8 * sizeof(float)) != 0)
+    if (std::memcmp(want + 12, t + 12, (kTriStride - 12) * sizeof(float)) != 0)
       return "a triangle's stored bound differs from its vertices' (refit the BVH)";
   }
   auto inside = [](const BVHNode& lo, const BVHNode& hi, const float* p) {

@@ -109,42 +109,52 @@ static void test_region_forms_agree() {
 }
 
 // The stored triangle bound never exceeds the computed distance (it prunes exact tests), and it is
-// tight enough to prune: mm-sized triangles up to a metre from the origin (float rounding of the
-// coordinates), slivers and degenerate ones, points on, near and far from them.
+// tight where it should be: mm-sized triangles up to a metre from the origin (float rounding of the
+// coordinates), slivers and degenerate ones, points on, near and far from them, across an edge.
 static void test_tri_bound_is_a_lower_bound() {
   std::mt19937 rng(777);
   std::normal_distribution<float> g(0.f, 1.f);
   std::uniform_int_distribution<int> pick(0, 7);
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
   auto rnd = [&] { return Vec3{g(rng), g(rng), g(rng)}; };
-  int above = 0, pruned = 0, lateral = 0, nan_pruned = 0;
+  int above = 0, pruned = 0, edge_cases = 0, edge_tight = 0, nan_pruned = 0;
   for (int i = 0; i < 400000; ++i) {
     const Vec3 o = 0.5f * rnd();
-    const float size = std::pow(10.f, -3.f + 2.f * std::uniform_real_distribution<float>(0.f, 1.f)(rng));
+    const float size = std::pow(10.f, -3.f + 2.f * unit(rng));
     Vec3 a = o + size * rnd(), b = o + size * rnd(), c = o + size * rnd();
     const int kind = pick(rng);
     if (kind == 0) b = a;                                  // degenerate
     if (kind == 1) c = a + 1.5f * (b - a) + 1e-6f * rnd(); // sliver
     const Vec3 inside = a + 0.25f * (b - a) + 0.25f * (c - a);
+    const TriBound t = tri_bound(a, b, c);
     Vec3 p = o + 0.01f * rnd();
     if (kind == 2) p = inside;                                    // on the triangle
     if (kind == 3) p = inside + (size * 1e-3f) * rnd();           // next to it
     if (kind == 4) p = inside + (3.f * size) * rnd();             // near: a neighbour's sample
     if (kind == 5) p = a + 1e-7f * rnd();                         // at a vertex
     if (kind == 6) p = o + 10.f * rnd();                          // far
-    const TriBound t = tri_bound(a, b, c);
+    if (kind == 7) {  // beside edge ab's middle, above the plane: the distance to that edge
+      const Vec3 mid = a + 0.5f * (b - a);
+      p = mid + (size * unit(rng)) * t.e[0] + (size * (unit(rng) - 0.5f)) * t.n;
+    }
     const float lb = tri_lower2(t, p), d2 = point_triangle_dist2(p, a, b, c);
     above += lb > d2;
     pruned += lb > 0.f;
-    lateral += kind == 4 && lb > 0.25f * d2;
+    if (kind == 7 && t.n.x * t.n.x + t.n.y * t.n.y + t.n.z * t.n.z > 0.5f && d2 > 1e-10f) {
+      ++edge_cases;
+      edge_tight += std::sqrt(lb) >= std::sqrt(d2) * (1.f - 3.f * kTieRel) - 3.f * kTieAbs;
+    }
   }
   const TriBound t = tri_bound(Vec3{0.f, 0.f, 0.f}, Vec3{1.f, 0.f, 0.f}, Vec3{0.f, 1.f, 0.f});
   nan_pruned += tri_lower2(t, Vec3{NAN, 0.f, 0.f}) > 0.f;
   nan_pruned += tri_lower2(t, Vec3{INFINITY, 0.f, 0.f}) > 0.f;
   CHECK(above == 0);
-  CHECK(pruned > 100000);   // a bound of 0 would pass the first check
-  CHECK(lateral > 20000);   // and it follows the distance for points beside the triangle
-  CHECK(nan_pruned == 0);   // a non-finite point is never pruned (the exact test decides)
+  CHECK(pruned > 100000);                 // a bound of 0 would pass the first check
+  CHECK(edge_cases > 30000);
+  CHECK(edge_tight > 0.99 * edge_cases);  // across an edge it is the distance, less the margins
+  CHECK(nan_pruned == 0);                 // a non-finite point is never pruned (the exact test decides)
   if (above) std::printf("tri bound: %d cases above the distance\n", above);
+  if (edge_tight <= 0.99 * edge_cases) std::printf("tri bound: tight on %d of %d edge cases\n", edge_tight, edge_cases);
 }
 
 static Mesh soup(std::mt19937& rng, int n) {
@@ -352,7 +362,7 @@ static void test_shortlist_matches_brute_force() {
           Vec3 a, bb, cc;
           int face;
           load_tri(tri, list[j].k, a, bb, cc, face);
-          bound_errors += tri_lower2(list[j].b, q) > point_triangle_dist2(q, a, bb, cc);
+          bound_errors += tri_lower2(load_tri_bound(tri, list[j].k), q) > point_triangle_dist2(q, a, bb, cc);
         }
       }
     }

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 MAX_SAMPLES, MAX_IMAGE, MAX_FACES = 256, 16384, 1 << 24   # csrc/ops_common.h
-TRI_STRIDE = 20   # csrc/bvh.h kTriStride: a leaf-ordered triangle's vertices, face id and bound
+TRI_STRIDE = 32   # csrc/bvh.h kTriStride: a leaf-ordered triangle's vertices, face id and bound
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
