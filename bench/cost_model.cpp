@@ -1,14 +1,15 @@
 // Cost-model driver (built and run by bench/cost_model.py): runs the CUDA flow kernel's per-pixel
 // code, fgp::flow_pixel from csrc/flow_core.h with the same arguments flow_kernel passes, on the
 // CPU, with the header's FGP_TRACE hook recording every traversal event of every lane. Lanes are
-// grouped 32 consecutive pixels of a row to a warp, as flow_kernel's 32x4 blocks launch them, and
-// each warp is replayed in lockstep: lanes meet at every sample and every loop iteration, and an
+// grouped into warps of 8x4 pixels, two to an 8x8 tile, as flow_kernel's blocks launch them (the
+// tile's shared walks are charged to its first warp, which runs them), and each warp is replayed
+// in lockstep: lanes meet at every sample and every loop iteration, and an
 // iteration costs, per event kind, the event's instruction count times the most events of that
 // kind any lane has in it (divergent lanes wait). Instruction counts per event come from the
 // SASS of the sm_90 build (cost_model.py --calibrate).
 //
 // Input (argv[1], binary): int32 V F M H W N, float32 near far delta, K[9], w2c[16], vt (V,3),
-// vs (V,3), faces (F,3) int32, nodes (M,8), tris (F,12), zbuf (H,W) uint64; argv[2]: costs, one
+// vs (V,3), faces (F,3) int32, nodes (M,8), tris (F,kTriStride), zbuf (H,W) uint64; argv[2]: costs, one
 // number per event (kTraceEvents of them) then the per-sample and per-pixel fixed costs.
 // Output: JSON on stdout.
 #include <algorithm>
@@ -145,11 +146,11 @@ int main(int argc, char** argv) {
     double my_fixed = 0, my_fixed_lane = 0, my_shared = 0, active_extra = 0, my_runs = 0, my_over = 0,
            my_list = 0, my_tnodes = 0, my_ttris = 0, my_tdesc = 0;
     cost_model::Tile tl;
-    tl.lanes.resize(kWarp);
+    tl.lanes.resize(kTileLanes);
     tl.shared.resize(N + 1);
     cost_model::tile = &tl;
     std::vector<ListEntry> list(kListCapCuda);
-    std::vector<LaneSample> ls(kWarp);
+    std::vector<LaneSample> ls(kTileLanes);
 #pragma omp for schedule(dynamic, 4)
     for (int w = 0; w < tiles_x * tiles_y; ++w) {
       const int x0 = (w % tiles_x) * kTileW, y0 = (w / tiles_x) * kTileH;
@@ -158,34 +159,38 @@ int main(int argc, char** argv) {
       tl.samples0 = 0;
       tl.events = &tl.lanes[0];
       flow_tile(A, cam, x0, y0, list.data(), kListCapCuda);  // as flow_kernel
-      bool head[kWarp];
-      int lanes = 0, heads = 0;
+      // The tile is a block of kTileWarps warps (rows 0-3, 4-7); the first one walks.
+      bool head[kTileLanes];
+      int lanes = 0;
+      std::vector<int> wl[kTileWarps];
       for (int j = 0; j < kTileH && y0 + j < H; ++j)
         for (int i = 0; i < kTileW && x0 + i < W; ++i, ++lanes) {
           head[lanes] = zbuf[size_t(y0 + j) * W + x0 + i] != kEmptyKey;
-          heads += head[lanes];
+          wl[j / (kTileH / kTileWarps)].push_back(lanes);
         }
-      const int kind = heads == lanes ? 0 : (heads == 0 ? 1 : 2);
-      my_fixed += c_pixel;
-      my_fixed_lane += c_pixel * lanes;
-      std::vector<size_t> pos(lanes, 0);
-      for (int l = 0; l < lanes; ++l) pos[l] = 1;  // past the first sample marker
+      int kinds[kTileWarps];
+      for (int w = 0; w < kTileWarps; ++w) {
+        int heads = 0;
+        for (int l : wl[w]) heads += head[l];
+        const int nl = static_cast<int>(wl[w].size());
+        kinds[w] = heads == nl ? 0 : (heads == 0 ? 1 : 2);
+        if (nl == 0) continue;
+        my_fixed += c_pixel;
+        my_fixed_lane += c_pixel * nl;
+      }
+      std::vector<size_t> pos(lanes, 1);  // past the first sample marker
       for (int n = 0; n < N; ++n) {
-        double warp = c_sample, useful = c_sample * lanes;
         // the shared shortlist walk of sample index n (lane 0 had recorded n sample markers)
         const std::vector<int>& sh = tl.shared[n];
+        double walk = 0;
         if (!sh.empty()) {
-          double c = 0;
           for (int e : sh) {
-            c += cost[e];
-            my_mix[kind].by_event[e] += cost[e];
+            walk += cost[e];
+            my_mix[kinds[0]].by_event[e] += cost[e];
           }
-          c -= cost[kTraceSample];
-          my_mix[kind].by_event[kTraceSample] -= cost[kTraceSample];
-          warp += c;
-          useful += c;  // strict: the walk's work counted once (every lane runs it in step)
-          active_extra += c * (lanes - 1);
-          my_shared += c;
+          walk -= cost[kTraceSample];
+          my_mix[kinds[0]].by_event[kTraceSample] -= cost[kTraceSample];
+          my_shared += walk;
           my_runs += 1;
           int tn = 0, tt = 0, td = 0;
           for (int e : sh) {
@@ -198,58 +203,69 @@ int main(int argc, char** argv) {
           my_ttris += tt;
         }
         int listed_max = -1;
-        for (int l = 0; l < lanes; ++l) {
-          ls[l] = LaneSample();
-          split(tl.lanes[l], pos[l], ls[l]);
-          ++pos[l];
-          Stats& s = my_cls[head[l] ? 0 : 1];
-          s.samples += 1;
-          s.seeds += ls[l].prologue[kTraceSeed];
-          for (int lp = 0; lp < kLoops; ++lp)
-            for (auto& it : ls[l].iters[lp]) {
-              s.nodes += it[kTraceInner] + it[kTraceLeaf] + it[kTraceResolve];
-              s.tris += it[kTraceExact];
-              s.boxed += it[kTraceTri];
-              s.listed += it[kTraceList];
-            }
-          s.resolves += !ls[l].iters[1].empty();
-          const int nl = static_cast<int>(ls[l].iters[2].size());
-          s.shortlisted += nl > 0;
-          listed_max = std::max(listed_max, nl);
-        }
-        // prologue (seeds): per event, the busiest lane
-        for (int e = 0; e < kTraceEvents; ++e) {
-          int most = 0;
-          for (int l = 0; l < lanes; ++l) {
-            most = std::max(most, ls[l].prologue[e]);
-            useful += cost[e] * ls[l].prologue[e];
+        for (int w = 0; w < kTileWarps; ++w) {
+          const std::vector<int>& L = wl[w];
+          if (L.empty()) continue;
+          const int kind = kinds[w];
+          double warp = c_sample, useful = c_sample * L.size();
+          if (w == 0) {
+            warp += walk;
+            useful += walk;  // strict: the walk's work counted once (every lane runs it in step)
+            active_extra += walk * (L.size() - 1);
           }
-          warp += cost[e] * most;
-          my_mix[kind].by_event[e] += cost[e] * most;
-        }
-        for (int lp = 0; lp < kLoops; ++lp) {
-          size_t iters = 0;
-          for (int l = 0; l < lanes; ++l) iters = std::max(iters, ls[l].iters[lp].size());
-          for (size_t i = 0; i < iters; ++i)
-            for (int e = 0; e < kTraceEvents; ++e) {
-              int most = 0;
-              for (int l = 0; l < lanes; ++l)
-                if (i < ls[l].iters[lp].size()) {
-                  const int k = ls[l].iters[lp][i][e];
-                  most = std::max(most, k);
-                  useful += cost[e] * k;
-                }
-              warp += cost[e] * most;
-              my_mix[kind].by_event[e] += cost[e] * most;
+          for (int l : L) {
+            ls[l] = LaneSample();
+            split(tl.lanes[l], pos[l], ls[l]);
+            ++pos[l];
+            Stats& s = my_cls[head[l] ? 0 : 1];
+            s.samples += 1;
+            s.seeds += ls[l].prologue[kTraceSeed];
+            for (int lp = 0; lp < kLoops; ++lp)
+              for (auto& it : ls[l].iters[lp]) {
+                s.nodes += it[kTraceInner] + it[kTraceLeaf] + it[kTraceResolve];
+                s.tris += it[kTraceExact];
+                s.boxed += it[kTraceTri];
+                s.listed += it[kTraceList];
+              }
+            s.resolves += !ls[l].iters[1].empty();
+            const int nl = static_cast<int>(ls[l].iters[2].size());
+            s.shortlisted += nl > 0;
+            listed_max = std::max(listed_max, nl);
+          }
+          // prologue (seeds): per event, the busiest lane
+          for (int e = 0; e < kTraceEvents; ++e) {
+            int most = 0;
+            for (int l : L) {
+              most = std::max(most, ls[l].prologue[e]);
+              useful += cost[e] * ls[l].prologue[e];
             }
+            warp += cost[e] * most;
+            my_mix[kind].by_event[e] += cost[e] * most;
+          }
+          for (int lp = 0; lp < kLoops; ++lp) {
+            size_t iters = 0;
+            for (int l : L) iters = std::max(iters, ls[l].iters[lp].size());
+            for (size_t i = 0; i < iters; ++i)
+              for (int e = 0; e < kTraceEvents; ++e) {
+                int most = 0;
+                for (int l : L)
+                  if (i < ls[l].iters[lp].size()) {
+                    const int k = ls[l].iters[lp][i][e];
+                    most = std::max(most, k);
+                    useful += cost[e] * k;
+                  }
+                warp += cost[e] * most;
+                my_mix[kind].by_event[e] += cost[e] * most;
+              }
+          }
+          my_mix[kind].warp_instr += warp;
+          my_mix[kind].lane_instr += useful;
+          my_mix[kind].samples += L.size();
         }
         if (!sh.empty()) {  // every member lane walks the whole list; none did: it overflowed
           my_list += listed_max > 0 ? listed_max : 0;
           my_over += listed_max <= 0;
         }
-        my_mix[kind].warp_instr += warp;
-        my_mix[kind].lane_instr += useful;
-        my_mix[kind].samples += lanes;
       }
     }
 #pragma omp critical

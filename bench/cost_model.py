@@ -3,8 +3,9 @@
 Runs the real per-pixel code of ``flow_kernel`` (``fgp::flow_pixel`` and the BVH traversal of
 csrc/bvh.h, compiled from the same header with its ``FGP_TRACE`` hook recording events; the real
 builds compile the hook to nothing) on the CPU for a given mesh, resolution and N: ``fgp::flow_tile``
-is the CPU form of one warp of ``flow_kernel`` (an 8x4 pixel tile whose background samples share a
-shortlist walk per sample index), and each warp is replayed in lockstep (bench/cost_model.cpp). It
+is the CPU form of one block of ``flow_kernel`` (an 8x8 pixel tile, two warps of 8x4, whose
+background samples share a shortlist walk per sample index, run by the first warp), and each warp
+is replayed in lockstep (bench/cost_model.cpp). It
 reports nodes visited and triangles tested per head and per background sample, the shortlists
 (walks, overflows, length), SIMT lane efficiency and modelled warp-instructions per frame.
 
@@ -67,7 +68,7 @@ def _nvdisasm() -> str:
 
 
 def _regions(path: str) -> dict[int, str]:
-    """Source line -> event of csrc/bvh.h or flow_core.h: inside the traced functions, the event of
+    """Source line -> event of csrc/bvh.h, flow_core.h or cuda/kernels.cu: inside the traced functions, the event of
     the last FGP_TRACE marker (or pop_within<kTraceX> call) at or before the line (lines before the
     first marker: 'sample'). Untraced helpers (pop_within) map to nothing: their caller's line decides."""
     lines = open(path).read().splitlines()
@@ -76,10 +77,10 @@ def _regions(path: str) -> dict[int, str]:
              "bvh_shortlist": None, "shortlist_filter": None, "offer_shortlist": None, "shortlist_step": None,
              "shortlist_leaf": None, "shortlist_descend": None, "tile_seed": "tileseed",
              "pixel_setup": "pixel", "sample_point": "sample", "tile_member": "sample", "flow_sample": "sample",
-             "tile_sample_box": "sample"}
+             "tile_sample_box": "sample", "block_shortlist": "sample"}
     i = 0
     while i < len(lines):
-        m = re.match(r"FGP_HD \w+ (\w+)\(", lines[i])
+        m = re.match(r"(?:FGP_HD|__device__) \w+ (\w+)\(", lines[i])
         if m and m.group(1) in funcs:
             fixed, region = funcs[m.group(1)], "sample" if m.group(1) != "flow_pixel" else "pixel"
             j = i
@@ -108,7 +109,8 @@ def calibrate() -> dict:
         sass = subprocess.run([_nvdisasm(), "-c", "-gi", cubin], check=True, capture_output=True,
                               text=True).stdout
     text = next(sec for sec in re.split(r"//-{5,} \.text\.", sass) if "flow_kernel" in sec.split("\n", 1)[0])
-    maps = {os.path.join(CSRC, f): _regions(os.path.join(CSRC, f)) for f in ("bvh.h", "flow_core.h")}
+    maps = {os.path.join(CSRC, f): _regions(os.path.join(CSRC, f))
+            for f in ("bvh.h", "flow_core.h", os.path.join("cuda", "kernels.cu"))}
     counts, loads = Counter(), Counter()
     sites = {"filter": set(), "tilestep": set(), "tilequeue": set()}   # regions of helpers inlined at several call sites
     chain: list[tuple[str, int]] = []   # the inline chain, innermost first: one comment line per frame

@@ -375,7 +375,7 @@ FGP_HD void bvh_nearest(const BVHNode* __restrict__ nodes, const float* __restri
 }
 
 // ------------------------------------------------------------------ tile shortlist
-// Background samples of one tile (a warp's 8x4 pixels at one sample index) lie within a few mm of
+// Background samples of one tile (a block's 8x8 pixels at one sample index) lie within a few mm of
 // each other and usually centimetres from the mesh, so their nearest-triangle searches walk nearly
 // the same part of the tree. The tile does that walk once, against the box of its sample points,
 // and lists every triangle that can be in any sample's tie window; each sample then offers the
@@ -395,10 +395,10 @@ struct ListEntry {
   float s;      // max of u.x over the triangle (0 with u = 0: no half-space)
 };
 // Entries a tile's list may hold (a longer one: per-sample traversal, same answers; lists hold
-// ~10 on the ICT head, and a cap of 128 overflows no more often than 384). CUDA keeps the list in
-// shared memory (24 B an entry; 2 warps a block: 6 KB); the CPU's is on the heap.
+// ~14 on the ICT head, and a cap of 256 overflows no more often than 512). CUDA keeps the list in
+// shared memory (24 B an entry: 6 KB a block); the CPU's is on the heap.
 #ifndef FGP_LIST_CAP_CUDA
-#define FGP_LIST_CAP_CUDA 128
+#define FGP_LIST_CAP_CUDA 256
 #endif
 constexpr int kListCapCuda = FGP_LIST_CAP_CUDA;
 constexpr int kListCapCpu = 1024;
@@ -745,7 +745,7 @@ FGP_HD void shortlist_descend(const BVHNode* __restrict__ nodes, const float* __
 
 // Inner nodes the walk's frontier may hold (more: the caller traverses per sample). 64 / 128 / 256
 // leave 929 / 424 / 220 of the ICT head's 105,300 walks to per-sample traversal (2.06 / 2.01 /
-// 1.98 G modelled); on CUDA 2 x 256 x 8 B = 4 KB of shared memory per warp.
+// 1.98 G modelled, 8x4 tiles); on CUDA 2 x 256 x 8 B = 4 KB of shared memory per block.
 constexpr int kFrontier = 256;
 struct FrontierNode {
   int left, right;  // the children of a node that is in reach

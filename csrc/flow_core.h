@@ -304,16 +304,19 @@ FGP_HD void tile_seed(const FlowPixelArgs& A, TileCell& C, float& far2, bool mem
   cell_update(C, far2, reach2, seeded, t);
 }
 
-// flow_kernel's warp: a tile of kTileW x kTileH pixels, whose background samples of one index share
-// a shortlist when at least kTileMinShared of them do (fewer: per-sample traversal is cheaper).
-constexpr int kTileW = 8, kTileH = 4, kTileLanes = kTileW * kTileH;
+// flow_kernel's block: a tile of kTileW x kTileH pixels (two warps of 8x4), whose background samples
+// of one index share a shortlist when at least kTileMinShared of them do (fewer: per-sample
+// traversal is cheaper). The first warp walks for both: a tile of 8x8 halves the walks of 8x4 ones
+// and its lists are only 40 % longer (bench/RESULTS.md); 16x8 lists are 2.6 times as long.
+constexpr int kTileW = 8, kTileH = 8, kTileLanes = kTileW * kTileH, kTileWarps = kTileLanes / 32;
 #ifndef FGP_TILE_MIN_SHARED
 #define FGP_TILE_MIN_SHARED 8
 #endif
 constexpr int kTileMinShared = FGP_TILE_MIN_SHARED;
 
-// The CPU (and cost-model) form of one warp of flow_kernel: the tile at (x0, y0), clipped to the
-// image, sample index by sample index; `list` holds `cap` entries.
+// The CPU (and cost-model) form of one block of flow_kernel: the tile at (x0, y0), clipped to the
+// image, sample index by sample index (lanes in row order: the first 32 are the first warp's);
+// `list` holds `cap` entries.
 inline void flow_tile(const FlowPixelArgs& A, const CamParams& cam, int x0, int y0, ListEntry* list, int cap) {
   PixelRay r[kTileLanes];
   int prev[kTileLanes];

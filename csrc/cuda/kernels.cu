@@ -158,8 +158,8 @@ __global__ void surface_field_kernel(const float* __restrict__ points, int64_t P
   offset[i] = fd.offset;
 }
 
-// The box of the warp's tile members' sample points (+-inf where none) and how many there are;
-// every lane of the warp calls it.
+// The box of the warp's members' sample points (+-inf where none) and how many there are; every
+// lane of the warp calls it.
 __device__ int tile_sample_box(bool member, Vec3 p, Vec3& lo, Vec3& hi) {
   lo = member ? p : Vec3{INFINITY, INFINITY, INFINITY};
   hi = member ? p : Vec3{-INFINITY, -INFINITY, -INFINITY};
@@ -174,15 +174,54 @@ __device__ int tile_sample_box(bool member, Vec3 p, Vec3& lo, Vec3& hi) {
   return __popc(__ballot_sync(0xffffffffu, member));
 }
 
-constexpr int kFlowBlockY = 8;                                  // block kTileW x 8: two warps
-constexpr int kFlowWarps = kTileW * kFlowBlockY / 32;           // each warp one kTileW x kTileH tile
-static_assert(kTileLanes == 32, "a tile is one warp");
+constexpr int kFlowBlockY = kTileH;  // a block is a tile: kTileW x kTileH threads, kTileWarps warps
+static_assert(kTileW * kTileH == 64 && kTileWarps == 2, "a tile is a block of two warps");
 
-// One thread per pixel, one warp per 8x4 tile (flow_tile is the CPU form of a warp). The thread
+// The block's scratch for its shared walks.
+struct TileShared {
+  ListEntry list[kListCapCuda];
+  FrontierNode frontier[2 * kFrontier];
+  float box[kTileWarps][6];
+  int members[kTileWarps];
+  int seed[32];  // the second warp's lanes' seeds (-1: none)
+  int count;
+};
+
+// The block's shortlist for its members' samples of one index (every thread calls it), or -1 when
+// fewer than kTileMinShared are members or the walk overflowed: both warps publish their members'
+// box, the first seeds the cell with its lanes' previous faces and then the second warp's (the
+// CPU's lane order) and walks into sh.list while the second waits at the barrier.
+__device__ int block_shortlist(const FlowPixelArgs& A, TileShared& sh, bool member, Vec3 pw, int prev) {
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  Vec3 lo, hi;
+  const int members = tile_sample_box(member, pw, lo, hi);
+  if (lane == 0) {
+    const float b[6] = {lo.x, lo.y, lo.z, hi.x, hi.y, hi.z};
+    for (int i = 0; i < 6; ++i) sh.box[warp][i] = b[i];
+    sh.members[warp] = members;
+  }
+  if (warp == 1) sh.seed[lane] = member ? prev : -1;
+  __syncthreads();
+  if (sh.members[0] + sh.members[1] < kTileMinShared) return -1;  // block-uniform
+  if (warp == 0) {
+    lo = Vec3{fminf(sh.box[0][0], sh.box[1][0]), fminf(sh.box[0][1], sh.box[1][1]), fminf(sh.box[0][2], sh.box[1][2])};
+    hi = Vec3{fmaxf(sh.box[0][3], sh.box[1][3]), fmaxf(sh.box[0][4], sh.box[1][4]), fmaxf(sh.box[0][5], sh.box[1][5])};
+    TileCell C = tile_cell(lo, hi);
+    float far2 = INFINITY;
+    tile_seed(A, C, far2, member, prev);
+    tile_seed(A, C, far2, sh.seed[lane] >= 0, sh.seed[lane]);
+    const int count = bvh_shortlist(A.nodes, A.tris, C, far2, sh.list, kListCapCuda, sh.frontier);
+    if (lane == 0) sh.count = count;
+  }
+  __syncthreads();
+  return sh.count;
+}
+
+// One thread per pixel, one block per 8x8 tile (flow_tile is the CPU form of a block). The thread
 // walks its N samples front to back, seeding each query with the previous sample's triangle; at
-// each sample index the tile's background samples share one shortlist (bvh_shortlist, walked by
-// the whole warp in step into shared memory) when enough of them are background. Threads outside the image stay
-// in the loop (inactive) so the warp's collectives see every lane.
+// each sample index the tile's background samples share one shortlist (block_shortlist) when
+// enough of them are background. Threads outside the image stay in the loop (inactive) so the
+// collectives see every thread.
 __global__ void flow_kernel(const float* __restrict__ vt, const float* __restrict__ vs, int64_t V,
                             const int* __restrict__ faces, int64_t F, const float* __restrict__ K,
                             const float* __restrict__ w2c, const float* __restrict__ near,
@@ -193,13 +232,11 @@ __global__ void flow_kernel(const float* __restrict__ vt, const float* __restric
   const int64_t b = blockIdx.z;
   const int tid = threadIdx.y * blockDim.x + threadIdx.x;
   __shared__ CamParams cam_s;
-  __shared__ ListEntry lists[kFlowWarps][kListCapCuda];
-  __shared__ FrontierNode frontiers[kFlowWarps][2 * kFrontier];
+  __shared__ TileShared sh;
   if (tid == 0) load_cam(K, w2c, b, cam_s);
   __syncthreads();
   const bool live = x < W && y < H;
   const CamParams cam = cam_s;
-  ListEntry* list = lists[tid >> 5];
   // nodes: (B, M, 2) 16-byte node halves, 8 floats per node
   const FlowPixelArgs A = flow_args(b, reinterpret_cast<const BVHNode*>(nodes), M, tris, vt, vs, V, faces, F, zbuf,
                                     uniform, near, far, delta, N, H, W, out, kind);
@@ -212,16 +249,9 @@ __global__ void flow_kernel(const float* __restrict__ vt, const float* __restric
   for (int n = 0; n < N; ++n) {
     const Vec3 pw = live ? sample_point(A, cam, r, n) : Vec3{0.f, 0.f, 0.f};
     const bool member = live && tile_member(r, pw);
-    Vec3 lo, hi;
-    int count = -1;
-    if (tile_sample_box(member, pw, lo, hi) >= kTileMinShared) {  // warp-uniform: the warp walks in step
-      TileCell C = tile_cell(lo, hi);
-      float far2 = INFINITY;
-      tile_seed(A, C, far2, member, prev);
-      count = bvh_shortlist(A.nodes, A.tris, C, far2, list, kListCapCuda, frontiers[tid >> 5]);
-    }
-    if (live) prev = flow_sample(A, cam, r, pw, n, prev, list, member ? count : -1);
-    __syncwarp();  // every lane is done with the list before the next index rewrites it
+    const int count = block_shortlist(A, sh, member, pw, prev);
+    if (live) prev = flow_sample(A, cam, r, pw, n, prev, sh.list, member ? count : -1);
+    __syncthreads();  // every thread is done with the list and the scratch before the next index
   }
 }
 
