@@ -114,6 +114,12 @@ def plan(work: Path, python: str = "python3") -> list[Group]:
             Step("racecheck", "compute-sanitizer racecheck on the refit kernel", 60,
                  sanitize + ["--tool", "racecheck", "--kernel-name", "kns=refit_kernel"] + py + [case, "--refit"],
                  needs=("build", "sanitizer"), env=blocking, kind="sanitizer"),
+            Step("racecheck_flow", "compute-sanitizer racecheck on the flow kernel (block-shared list)", 45,
+                 sanitize + ["--tool", "racecheck", "--kernel-name", "kns=flow_kernel"] + py + [case, "--flow"],
+                 needs=("build", "sanitizer"), env=blocking, kind="sanitizer"),
+            Step("synccheck_flow", "compute-sanitizer synccheck on the flow kernel (its barriers)", 45,
+                 sanitize + ["--tool", "synccheck", "--kernel-name", "kns=flow_kernel"] + py + [case, "--flow"],
+                 needs=("build", "sanitizer"), env=blocking, kind="sanitizer"),
         ]),
         # HOOK (issue 16 item 2): the native engineer is adding the CUDA-graph replay and the per-kernel
         # split (refit, raster, encode) to bench_flow.py's --device cuda path; add their flags here if
