@@ -6,7 +6,7 @@
 //          inner: lower.i = left child, upper.i = right child (children come after the parent).
 //          leaf:  lower.i = ~start (negative), upper.i = end, a range of leaf-ordered triangles.
 //   tris:  F x 32 floats in leaf order: a.xyz, face id (int bits), b.xyz, 0, c.xyz, 0, then the
-//          triangle's bound (TriBound, 6 float4), written by the refit.
+//          triangle's bound (TriBound, 5 float4), written by the refit.
 // Topology (shared by the batch): topo M x 4 ints {lower.i, upper.i, parent, 0}; prim[k] = face
 // of leaf-ordered triangle k.
 #pragma once
@@ -141,8 +141,8 @@ FGP_HD TriBound tri_bound(Vec3 a, Vec3 b, Vec3 c) {
 // the tie margins (docs/tie_rule.md), far more than the float error of the bound (unit lengths and
 // orthogonality to ulps, the dots) and of the exact test, so it stays below the computed distance.
 // It is the distance itself where p's foot is across one edge, and a fraction of it beyond a vertex
-// (at least sin of half the vertex's angle): near the surface it leaves a quarter of the triangles whose boxes are within the tie bound
-// (the neighbours of p's foot). NaN (non-finite input) passes.
+// (at least sin of half the vertex's angle): near the surface it leaves a quarter of the triangles
+// whose boxes are within the tie bound (the neighbours of p's foot). NaN (non-finite input) passes.
 FGP_HD float tri_lower2(const TriBound& t, Vec3 p) {
   const float h = dot(t.n, p) - t.d;
   const float out = fmax3(dot(t.e[0], p) - t.o[0], dot(t.e[1], p) - t.o[1], dot(t.e[2], p) - t.o[2]);
