@@ -68,9 +68,9 @@ def _nvdisasm() -> str:
 
 
 def _regions(path: str) -> dict[int, str]:
-    """Source line -> event of csrc/bvh.h, flow_core.h or cuda/kernels.cu: inside the traced functions, the event of
-    the last FGP_TRACE marker (or pop_within<kTraceX> call) at or before the line (lines before the
-    first marker: 'sample'). Untraced helpers (pop_within) map to nothing: their caller's line decides."""
+    """Source line -> event of csrc/bvh.h, flow_core.h or cuda/kernels.cu: inside the traced
+    functions, the event of the last FGP_TRACE marker (or pop_within<kTraceX> call) at or before the
+    line (lines before the first marker: 'sample'). Untraced helpers (pop_within) map to nothing: their caller's line decides."""
     lines = open(path).read().splitlines()
     out = {}
     funcs = {"bvh_search": None, "bvh_resolve_lost": None, "offer_tri": None, "offer_face": "seed",

@@ -41,7 +41,6 @@ def main() -> None:
     args = ap.parse_args()
     dev = args.device
     backend = "cuda" if dev == "cuda" else "cpp"
-    vt, vs, faces, cam = scene(0, device=dev)
     if args.flow:
         vt, vs, faces, cam = scene(1, size=(37, 45), device=dev)
         ops.flow_encode(vt, vs, faces, cam, n_samples=4, backend=backend)
@@ -49,6 +48,7 @@ def main() -> None:
             torch.cuda.synchronize()
         print("sanitizer case ok (flow only)")
         return
+    vt, vs, faces, cam = scene(0, device=dev)
     bvh = native.MeshBVH(faces, vt)
     for k in range(3):
         bvh.refit(vt + 0.002 * k)

@@ -1,10 +1,10 @@
 // BVH build (binned SAH, once per topology) and CPU refit. No torch: also built by CMake.
-#include <cstring>
 #include "bvh.h"
 
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace fgp {
